@@ -1,0 +1,194 @@
+//! HTTP routes: `POST /validate` on the TLS listener; `/healthz`, `/readyz`, `/metrics` on the
+//! plain health listener. One error type turns every failure into a short answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::admission::{self, DecodeError};
+use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
+use crate::policy::PolicySet;
+
+/// Shared state of both listeners.
+#[derive(Clone)]
+pub struct AppState {
+    /// The policies in force; swapped whole on reload.
+    pub policies: Arc<ArcSwap<PolicySet>>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// False while starting and once shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State for a policy set with fresh metrics, marked ready.
+    pub fn new(policies: PolicySet) -> Self {
+        Self {
+            policies: Arc::new(ArcSwap::from_pointee(policies)),
+            metrics: Arc::new(Metrics::new()),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+/// Request limits applied by [`harden`].
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLimits {
+    /// Largest body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Deadline for one request; past it, 503.
+    pub request_timeout: Duration,
+}
+
+/// Errors a webhook request can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not a usable AdmissionReview.
+    #[error("{0}")]
+    BadReview(#[from] DecodeError),
+    /// Something failed inside; details go to the log, not the caller.
+    #[error("internal error")]
+    Internal,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::BadReview(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = serde_json::json!({ "error": self.to_string() });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The webhook router (`POST /validate`), with limits, timeout and panic catching.
+pub fn router(state: AppState, limits: RouteLimits) -> Router {
+    let routes = Router::new()
+        .route("/validate", post(validate))
+        .with_state(state.clone());
+    harden(routes, limits, state.metrics)
+}
+
+/// Wraps routes in the body limit, the request deadline and a panic catcher (500, the process
+/// lives on). Public so tests can check the layers on a route of their own.
+pub fn harden(routes: Router, limits: RouteLimits, metrics: Arc<Metrics>) -> Router {
+    let panic_metrics = metrics.clone();
+    routes
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(
+            move |_panic: Box<dyn std::any::Any + Send>| {
+                // The payload may hold request data; it is not logged.
+                tracing::error!("a request handler panicked; answered 500");
+                panic_metrics.reject("panic");
+                ApiError::Internal.into_response()
+            },
+        ))
+}
+
+/// The health router: `/healthz` (alive), `/readyz` (ready for traffic), `/metrics`.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let req = match admission::decode(&body) {
+        Ok(req) => req,
+        Err(e) => {
+            state.metrics.reject("malformed");
+            tracing::info!(error = %e, bytes = body.len(), "rejected a malformed admission review");
+            return Err(e.into());
+        }
+    };
+    let policies = state.policies.load();
+    let decision = policies.evaluate(&req).await;
+    let review = admission::respond(&req, &decision);
+    let encoded = serde_json::to_vec(&review).map_err(|e| {
+        tracing::error!(uid = %req.uid, error = %e, "could not encode the admission response");
+        ApiError::Internal
+    })?;
+    let elapsed = started.elapsed();
+
+    let m = &state.metrics;
+    m.evaluation_seconds.observe(elapsed.as_secs_f64());
+    let label = if decision.excluded {
+        "excluded"
+    } else {
+        decision.label()
+    };
+    m.admissions
+        .get_or_create(&DecisionLabels {
+            decision: label.to_owned(),
+        })
+        .inc();
+    for name in &decision.evaluated {
+        let result = decision
+            .denials
+            .iter()
+            .map(|f| (f, "deny"))
+            .chain(decision.warnings.iter().map(|f| (f, "warn")))
+            .chain(decision.audits.iter().map(|f| (f, "audit")))
+            .find(|(f, _)| &f.policy == name)
+            .map_or("pass", |(_, r)| r);
+        m.policy_results
+            .get_or_create(&PolicyLabels {
+                policy: name.clone(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+    let ns = req.namespace.as_deref().unwrap_or("");
+    tracing::info!(
+        uid = %req.uid,
+        kind = %req.kind.kind,
+        object = %format_args!("{}{}{}", ns, if ns.is_empty() { "" } else { "/" }, admission::object_name(&req)),
+        sub_resource = req.sub_resource.as_deref().unwrap_or(""),
+        operation = ?req.operation,
+        user = req.user_info.username.as_deref().unwrap_or(""),
+        dry_run = req.dry_run,
+        decision = label,
+        policies = %decision.fired().join(","),
+        latency_us = elapsed.as_micros() as u64,
+        "admission"
+    );
+    tracing::trace!(uid = %req.uid, object = ?req.object, "admission object");
+    Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
+}

@@ -1,0 +1,4 @@
+//! Subcommands: one file each under `commands/`.
+
+pub mod review;
+pub mod serve;

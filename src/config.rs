@@ -1,0 +1,475 @@
+//! Configuration: built-in defaults < YAML file (`--config FILE`) < `GATEHOUSE_*` environment.
+//!
+//! Keys are snake_case in the file and in the environment (`GATEHOUSE_TLS_CERT` is `tls_cert`);
+//! nested keys use `__` in the environment (`GATEHOUSE_LIMITS__MAX_BODY_BYTES`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Yaml};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables under this prefix are read as configuration.
+pub const ENV_PREFIX: &str = "GATEHOUSE_";
+
+/// The top-level keys the environment may set; other `GATEHOUSE_*` variables are ignored
+/// (and reported at start), so that unrelated variables such as `GATEHOUSE_TEST_*` cannot break
+/// a start.
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "health_listen",
+    "tls_cert",
+    "tls_key",
+    "policies",
+    "data_dir",
+    "excluded_namespaces",
+    "log_format",
+    "limits",
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Limits that keep one bad client from hurting the API server's requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Deadline for one admission request, kept below the API server's webhook timeout.
+    #[serde(with = "humantime_secs")]
+    pub request_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_secs")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 7 * 1024 * 1024,
+            request_timeout: Duration::from_secs(9),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The typed configuration every subcommand works from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTPS listener for `POST /validate`.
+    pub listen: SocketAddr,
+    /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics`.
+    pub health_listen: SocketAddr,
+    /// PEM certificate chain for the webhook listener; with `tls_key`. When both are unset a
+    /// development CA and certificate are generated in `data_dir`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the webhook listener.
+    pub tls_key: Option<PathBuf>,
+    /// A policy file or a directory of `*.yaml`/`*.yml` policy files. Unset: the embedded
+    /// `policies/default.yaml`.
+    pub policies: Option<PathBuf>,
+    /// Where generated development certificates (and later the SQLite token store) live.
+    pub data_dir: PathBuf,
+    /// Namespaces no policy ever applies to.
+    pub excluded_namespaces: Vec<String>,
+    /// `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// Request and connection limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            policies: None,
+            data_dir: default_data_dir(),
+            excluded_namespaces: vec!["kube-system".to_owned()],
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/gatehouse`, else `$HOME/.local/share/gatehouse`, else `./.gatehouse`.
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("gatehouse");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/share/gatehouse");
+    }
+    PathBuf::from(".gatehouse")
+}
+
+/// A configuration that could not be loaded; the message names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// What loading found besides the configuration itself.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// `GATEHOUSE_*` variables that are not configuration keys and were ignored.
+    pub ignored_env: Vec<String>,
+}
+
+impl Config {
+    /// Load from the defaults, an optional YAML file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<(Self, LoadReport), ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Load from the defaults, an optional YAML file and the given environment (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, LoadReport), ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Yaml::file_exact(path));
+        }
+
+        let mut report = LoadReport::default();
+        let mut pairs = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase();
+            let top = key.split("__").next().unwrap_or_default();
+            if KNOWN_KEYS.contains(&top) {
+                pairs.push((key, value));
+            } else if !extra_known_env(&key) {
+                report.ignored_env.push(name);
+            }
+        }
+        figment = figment.merge(EnvPairs(pairs));
+
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok((config, report))
+    }
+
+    /// Checks that a well-typed configuration is also consistent.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "tls_cert is set but tls_key is not: set both or neither".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "tls_key is set but tls_cert is not: set both or neither".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.listen == self.health_listen && self.listen.port() != 0 {
+            return Err(ConfigError(format!(
+                "listen and health_listen are both {}: they must differ",
+                self.listen
+            )));
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err(ConfigError(format!(
+                "limits.max_body_bytes is {}: it must be at least 1024",
+                self.limits.max_body_bytes
+            )));
+        }
+        if self.limits.request_timeout.is_zero() {
+            return Err(ConfigError(
+                "limits.request_timeout must be more than 0s".into(),
+            ));
+        }
+        for ns in &self.excluded_namespaces {
+            if ns.is_empty() {
+                return Err(ConfigError(
+                    "excluded_namespaces holds an empty name".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GATEHOUSE_*` variables that belong to other parts (tests, tools) and are not config keys.
+fn extra_known_env(key: &str) -> bool {
+    key.starts_with("test_")
+}
+
+/// The environment layer, built from explicit `(key, value)` pairs so tests need not touch the
+/// process environment. Values are parsed as figment's `Env` parses them (numbers, booleans,
+/// `[a, b]` arrays); `__` separates nested keys.
+struct EnvPairs(Vec<(String, String)>);
+
+impl figment::Provider for EnvPairs {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(ENV_METADATA)
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        let mut root = Dict::new();
+        for (key, raw) in &self.0 {
+            let value: Value = raw
+                .parse()
+                .unwrap_or_else(|e: std::convert::Infallible| match e {});
+            let parts: Vec<&str> = key.split("__").collect();
+            let (last, parents) = parts.split_last().unwrap_or((&"", &[]));
+            let mut dict = &mut root;
+            for part in parents {
+                let entry = dict
+                    .entry((*part).to_owned())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                dict = match entry {
+                    Value::Dict(_, inner) => inner,
+                    _ => {
+                        return Err(figment::Error::from(format!(
+                            "{ENV_PREFIX}{}: `{part}` is both a value and a table",
+                            key.to_ascii_uppercase()
+                        )));
+                    }
+                };
+            }
+            dict.insert((*last).to_owned(), value);
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
+}
+
+const ENV_METADATA: &str = "environment";
+
+/// One line naming the key, the problem and the source.
+fn describe(error: &figment::Error) -> String {
+    let first = error
+        .clone()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| error.clone());
+    let key = if first.path.is_empty() {
+        String::new()
+    } else {
+        first.path.join(".")
+    };
+    let source = match &first.metadata {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ if md.name == ENV_METADATA => {
+                format!(
+                    " (from environment variable {ENV_PREFIX}{})",
+                    key.replace('.', "__").to_ascii_uppercase()
+                )
+            }
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    let kind = first.kind.to_string();
+    if key.is_empty() {
+        format!("{kind}{source}")
+    } else {
+        format!("key `{key}`: {kind}{source}")
+    }
+}
+
+/// Durations written as `10s`, `500ms`, `2m` or a bare number of seconds.
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::config::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => crate::config::parse_duration(&t).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h`, `2d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s, 5m, 1h or 2d"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration such as 500ms, 10s, 5m, 1h or 2d"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+/// The inverse of [`parse_duration`] for whole milliseconds.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_file_or_env() {
+        let (c, report) = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.health_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.excluded_namespaces, vec!["kube-system"]);
+        assert_eq!(c.limits.max_body_bytes, 7 * 1024 * 1024);
+        assert!(report.ignored_env.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.yaml");
+        std::fs::write(
+            &file,
+            "listen: 0.0.0.0:9443\nhealth_listen: 0.0.0.0:9080\nlimits:\n  max_body_bytes: 2048\n",
+        )
+        .unwrap();
+        let (c, _) = Config::load_from(
+            Some(&file),
+            env(&[
+                ("GATEHOUSE_LISTEN", "0.0.0.0:10443"),
+                ("GATEHOUSE_LIMITS__REQUEST_TIMEOUT", "3s"),
+                ("GATEHOUSE_TEST_POSTGRES_URL", "postgres://x"),
+                ("GATEHOUSE_LISTN", "typo"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:10443".parse().unwrap());
+        assert_eq!(c.health_listen, "0.0.0.0:9080".parse().unwrap());
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(20));
+        let (_, report) = Config::load_from(None, env(&[("GATEHOUSE_LISTN", "typo")])).unwrap();
+        assert_eq!(report.ignored_env, vec!["GATEHOUSE_LISTN"]);
+    }
+
+    #[test]
+    fn excluded_namespaces_from_env_list() {
+        let (c, _) = Config::load_from(
+            None,
+            env(&[("GATEHOUSE_EXCLUDED_NAMESPACES", "[kube-system, gatehouse]")]),
+        )
+        .unwrap();
+        assert_eq!(c.excluded_namespaces, vec!["kube-system", "gatehouse"]);
+    }
+
+    #[rstest]
+    #[case::bad_address_env(&[("GATEHOUSE_LISTEN", "not-an-address")], None, "key `listen`")]
+    #[case::bad_address_env_names_var(&[("GATEHOUSE_LISTEN", "nope")], None, "GATEHOUSE_LISTEN")]
+    #[case::cert_without_key(&[("GATEHOUSE_TLS_CERT", "/x.crt")], None, "tls_cert is set but tls_key is not")]
+    #[case::unknown_file_key(&[], Some("lissen: 1.2.3.4:5\n"), "lissen")]
+    #[case::bad_duration(&[], Some("limits:\n  request_timeout: soon\n"), "key `limits.request_timeout`")]
+    #[case::bad_log_format(&[("GATEHOUSE_LOG_FORMAT", "xml")], None, "key `log_format`")]
+    #[case::tiny_body(&[("GATEHOUSE_LIMITS__MAX_BODY_BYTES", "10")], None, "limits.max_body_bytes")]
+    fn invalid_config_names_the_key(
+        #[case] vars: &[(&str, &str)],
+        #[case] file: Option<&str>,
+        #[case] expected: &str,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let err = Config::load_from(file.map(|_| path.as_path()), env(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} should contain {expected:?}"
+        );
+        assert!(!err.contains('\n'), "one line: {err:?}");
+    }
+
+    #[test]
+    fn file_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "listen: nowhere\n").unwrap();
+        let err = Config::load_from(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.yaml"), "{err}");
+        let missing = Config::load_from(Some(&dir.path().join("missing.yaml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("missing.yaml"), "{missing}");
+    }
+
+    #[rstest]
+    #[case("500ms", Duration::from_millis(500))]
+    #[case("10s", Duration::from_secs(10))]
+    #[case("10", Duration::from_secs(10))]
+    #[case("5m", Duration::from_secs(300))]
+    #[case("1h", Duration::from_secs(3600))]
+    #[case("2d", Duration::from_secs(172_800))]
+    fn durations_parse(#[case] text: &str, #[case] expected: Duration) {
+        assert_eq!(parse_duration(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10y").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! Gatehouse: a validating admission webhook for Kubernetes.
+//!
+//! The kube-apiserver POSTs an AdmissionReview to `/validate`; [`policy::PolicySet`] evaluates
+//! the built-in policies in process and [`admission::respond`] answers with the request's uid.
+//! `main.rs` only parses the command line; everything else lives here so tests can use it.
+
+pub mod admission;
+pub mod api;
+pub mod certs;
+pub mod commands;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use config::Config;
+pub use policy::PolicySet;
+pub use server::Server;

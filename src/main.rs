@@ -1,0 +1,84 @@
+//! The `gatehouse` binary: parse the command line, load config, init logs, run a subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse::{Config, PolicySet, commands, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A validating admission webhook for Kubernetes"
+)]
+struct Cli {
+    /// YAML configuration file (environment GATEHOUSE_* overrides it).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the webhook over HTTPS, and health and metrics over HTTP.
+    Serve,
+    /// Evaluate one AdmissionReview offline and print the response review.
+    /// Exit code: 0 allowed, 1 denied, 2 unreadable input or configuration.
+    Review {
+        /// The review file; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, report) = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    gatehouse::tls::install_default_provider();
+    for name in &report.ignored_env {
+        tracing::warn!(variable = %name, "ignoring environment variable: not a gatehouse setting");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatehouse: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => match commands::serve::run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("gatehouse: {e:#}");
+                    ExitCode::from(2)
+                }
+            },
+            Command::Review { file } => {
+                let policies = match PolicySet::load(
+                    config.policies.as_deref(),
+                    config.excluded_namespaces.clone(),
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("gatehouse: {e}");
+                        return ExitCode::from(commands::review::EXIT_UNUSABLE);
+                    }
+                };
+                ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
+            }
+        }
+    })
+}

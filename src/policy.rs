@@ -1,0 +1,623 @@
+//! Policies: loading policy files, matching requests, evaluating kinds, combining verdicts.
+//!
+//! A policy file is YAML: either a list of policies or a mapping with a `policies:` list.
+//! Each policy has a `name`, a `kind` (one of the built-in kinds in `policy/<kind>.rs`), a
+//! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
+
+pub mod matching;
+pub mod replicas;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionRequest;
+use serde::Deserialize;
+
+use matching::{MatchSpec, Matcher, namespace_matches};
+
+/// The shipped default policies, embedded so the binary works outside the repository.
+pub const DEFAULT_POLICIES: &str = include_str!("../policies/default.yaml");
+/// How the embedded defaults are named in messages.
+pub const DEFAULT_POLICIES_NAME: &str = "policies/default.yaml (embedded)";
+
+/// What a policy does when its check fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The request is denied.
+    #[default]
+    Deny,
+    /// The request is allowed and the client is shown a warning.
+    Warn,
+    /// The request is allowed and an audit annotation is recorded.
+    Audit,
+}
+
+impl Action {
+    /// `deny`, `warn`, `audit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Warn => "warn",
+            Action::Audit => "audit",
+        }
+    }
+}
+
+/// What one policy found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The request satisfies the policy.
+    Pass,
+    /// The request violates the policy; the message says how.
+    Violation(String),
+    /// The policy could not be judged in this mode (for example a kind that needs the
+    /// outside world in an offline `check`); the message says why. Not a pass.
+    Skipped(String),
+}
+
+/// How an evaluation runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// No network or database: kinds that need the outside world report `Skipped`.
+    pub offline: bool,
+}
+
+/// A built-in policy kind with its parameters.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// Minimum/maximum replica count.
+    Replicas(replicas::Replicas),
+}
+
+/// Names of the built-in kinds, for error messages.
+pub const KINDS: &[&str] = &["replicas"];
+
+impl Kind {
+    /// Parses `params` for `kind`; the error names the parameter.
+    fn parse(kind: &str, params: serde_yaml::Value) -> Result<Self, String> {
+        match kind {
+            "replicas" => {
+                let p: replicas::Replicas = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Replicas(p))
+            }
+            other => Err(format!(
+                "kind: unknown kind `{other}` (known kinds: {})",
+                KINDS.join(", ")
+            )),
+        }
+    }
+
+    /// The kind's name as written in policy files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Replicas(_) => "replicas",
+        }
+    }
+
+    async fn evaluate(
+        &self,
+        policy: &str,
+        req: &AdmissionRequest<DynamicObject>,
+        _opts: &EvalOptions,
+    ) -> Outcome {
+        match self {
+            Kind::Replicas(p) => p.evaluate(policy, req),
+        }
+    }
+}
+
+/// Deserializes `params`, naming the path of a bad field (`params.min: invalid type …`).
+fn typed_params<T: serde::de::DeserializeOwned>(params: serde_yaml::Value) -> Result<T, String> {
+    let params = if params.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        params
+    };
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("params: {}", e.inner())
+        } else {
+            format!("params.{path}: {}", e.inner())
+        }
+    })
+}
+
+/// A policy as written in a file, before its kind's params are typed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPolicy {
+    name: String,
+    kind: String,
+    #[serde(rename = "match")]
+    match_spec: MatchSpec,
+    #[serde(default)]
+    action: Action,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    params: serde_yaml::Value,
+}
+
+/// A policy ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Unique name, a DNS label.
+    pub name: String,
+    /// What to do on a violation.
+    pub action: Action,
+    /// Free text for people.
+    pub description: Option<String>,
+    /// Which requests it applies to.
+    pub matcher: Matcher,
+    /// The check.
+    pub kind: Kind,
+    /// The file it came from.
+    pub source: String,
+}
+
+/// A policy file (or the embedded defaults) that could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct LoadError {
+    /// The file.
+    pub file: String,
+    /// What is wrong, naming the policy and field.
+    pub message: String,
+}
+
+impl LoadError {
+    fn new(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The top level of a policy file written as a mapping.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    policies: Vec<serde_yaml::Value>,
+}
+
+/// Parses one policy file's text; `source` names it in errors.
+pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError> {
+    let root: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
+    let items = match root {
+        serde_yaml::Value::Null => Vec::new(),
+        serde_yaml::Value::Sequence(items) => items,
+        serde_yaml::Value::Mapping(_) => {
+            let doc: Document = serde_path_to_error::deserialize(root)
+                .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
+            doc.policies
+        }
+        _ => {
+            return Err(LoadError::new(
+                source,
+                "expected a list of policies or a mapping with `policies:`",
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let label = match item.get("name").and_then(|n| n.as_str()) {
+            Some(name) => format!("policy \"{name}\""),
+            None => format!("policy #{}", i + 1),
+        };
+        let fail = |msg: String| LoadError::new(source, format!("{label}: {msg}"));
+        let raw: RawPolicy = serde_path_to_error::deserialize(item).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                fail(e.inner().to_string())
+            } else {
+                fail(format!("{path}: {}", e.inner()))
+            }
+        })?;
+        validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
+        let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
+        let kind = Kind::parse(&raw.kind, raw.params).map_err(&fail)?;
+        out.push(Policy {
+            name: raw.name,
+            action: raw.action,
+            description: raw.description,
+            matcher,
+            kind,
+            source: source.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// The policy files under `path`: the file itself, or every `*.yaml`/`*.yml` in the directory
+/// (sorted by name; hidden files such as Kubernetes' `..data` links skipped).
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let shown = path.display().to_string();
+    let meta =
+        std::fs::metadata(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(path).map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+        let p = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if yaml && !name.starts_with('.') && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError::new(
+            &shown,
+            "directory holds no *.yaml or *.yml policy file",
+        ));
+    }
+    Ok(files)
+}
+
+/// Loads policies from a file or directory, or the embedded defaults when `path` is `None`.
+pub fn load_policies(path: Option<&Path>) -> Result<Vec<Policy>, LoadError> {
+    let Some(path) = path else {
+        return parse_policies(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME);
+    };
+    let mut all: Vec<Policy> = Vec::new();
+    for file in policy_files(path)? {
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
+        all.extend(parse_policies(&text, &shown)?);
+    }
+    Ok(all)
+}
+
+/// Every policy in force plus the namespaces none of them applies to.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    excluded_namespaces: Vec<String>,
+}
+
+/// One policy's finding in a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The policy's name.
+    pub policy: String,
+    /// The violation message.
+    pub message: String,
+}
+
+/// Everything the policies said about one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Violations of `deny` policies.
+    pub denials: Vec<Finding>,
+    /// Violations of `warn` policies.
+    pub warnings: Vec<Finding>,
+    /// Violations of `audit` policies.
+    pub audits: Vec<Finding>,
+    /// Policies that could not be judged in this mode (see [`Outcome::Skipped`]).
+    pub skipped: Vec<Finding>,
+    /// Names of the policies that matched and were evaluated.
+    pub evaluated: Vec<String>,
+    /// Set when the namespace is excluded from every policy.
+    pub excluded: bool,
+}
+
+impl Decision {
+    /// Allowed unless a `deny` policy was violated.
+    pub fn allowed(&self) -> bool {
+        self.denials.is_empty()
+    }
+
+    /// `denied`, `warned`, `audited` or `allowed`: the strongest outcome.
+    pub fn label(&self) -> &'static str {
+        if !self.denials.is_empty() {
+            "denied"
+        } else if !self.warnings.is_empty() {
+            "warned"
+        } else if !self.audits.is_empty() {
+            "audited"
+        } else {
+            "allowed"
+        }
+    }
+
+    /// Every deny message, joined, for the response's status message.
+    pub fn deny_message(&self) -> String {
+        self.denials
+            .iter()
+            .map(|f| f.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Names of the policies whose check failed.
+    pub fn fired(&self) -> Vec<&str> {
+        self.denials
+            .iter()
+            .chain(&self.warnings)
+            .chain(&self.audits)
+            .map(|f| f.policy.as_str())
+            .collect()
+    }
+}
+
+impl PolicySet {
+    /// Builds the set; policy names must be unique across all files.
+    pub fn new(policies: Vec<Policy>, excluded_namespaces: Vec<String>) -> Result<Self, LoadError> {
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for p in &policies {
+            if let Some(first) = seen.insert(&p.name, &p.source) {
+                return Err(LoadError::new(
+                    &p.source,
+                    format!("policy \"{}\": name: already defined in {first}", p.name),
+                ));
+            }
+        }
+        Ok(Self {
+            policies,
+            excluded_namespaces,
+        })
+    }
+
+    /// Loads from a path (or the embedded defaults) with the given excluded namespaces.
+    pub fn load(path: Option<&Path>, excluded_namespaces: Vec<String>) -> Result<Self, LoadError> {
+        Self::new(load_policies(path)?, excluded_namespaces)
+    }
+
+    /// The policies, in file order.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Evaluates every matching policy and combines their findings.
+    pub async fn evaluate(&self, req: &AdmissionRequest<DynamicObject>) -> Decision {
+        self.evaluate_with(req, &EvalOptions::default()).await
+    }
+
+    /// [`PolicySet::evaluate`] with options (offline mode).
+    pub async fn evaluate_with(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        opts: &EvalOptions,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        if let Some(ns) = req.namespace.as_deref()
+            && self
+                .excluded_namespaces
+                .iter()
+                .any(|p| namespace_matches(p, ns))
+        {
+            decision.excluded = true;
+            return decision;
+        }
+        for policy in &self.policies {
+            if !policy.matcher.matches(req) {
+                continue;
+            }
+            decision.evaluated.push(policy.name.clone());
+            let finding = |message| Finding {
+                policy: policy.name.clone(),
+                message,
+            };
+            match policy.kind.evaluate(&policy.name, req, opts).await {
+                Outcome::Pass => {}
+                Outcome::Skipped(message) => decision.skipped.push(finding(message)),
+                Outcome::Violation(message) => match policy.action {
+                    Action::Deny => decision.denials.push(finding(message)),
+                    Action::Warn => decision.warnings.push(finding(message)),
+                    Action::Audit => decision.audits.push(finding(message)),
+                },
+            }
+        }
+        decision
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {})",
+            self.name,
+            self.kind.name(),
+            self.action.as_str()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::testing::request;
+    use rstest::rstest;
+    use serde_json::json;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let set = PolicySet::load(None, vec!["kube-system".into()]).unwrap();
+        let names: Vec<_> = set.policies().iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"min-replicas"), "{names:?}");
+    }
+
+    #[rstest]
+    #[case::unknown_field(
+        "- name: p\n  kind: replicas\n  acton: deny\n  match: {resources: [deployments]}\n  params: {min: 3}\n",
+        "policy \"p\": acton: unknown field `acton`"
+    )]
+    #[case::unknown_kind(
+        "- name: p\n  kind: replica\n  match: {resources: [deployments]}\n",
+        "policy \"p\": kind: unknown kind `replica` (known kinds: replicas"
+    )]
+    #[case::bad_param_name(
+        "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {mn: 3}\n",
+        "policy \"p\": params.mn: unknown field `mn`, expected `min` or `max`"
+    )]
+    #[case::bad_param_type(
+        "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: three}\n",
+        "policy \"p\": params.min: invalid type"
+    )]
+    #[case::bad_action(
+        "- name: p\n  kind: replicas\n  action: block\n  match: {resources: [deployments]}\n  params: {min: 3}\n",
+        "policy \"p\": action: unknown variant `block`"
+    )]
+    #[case::bad_operation(
+        "- name: p\n  kind: replicas\n  match: {resources: [deployments], operations: [PATCH]}\n  params: {min: 3}\n",
+        "policy \"p\": match.operations[0]: unknown variant `PATCH`"
+    )]
+    #[case::missing_match(
+        "- name: p\n  kind: replicas\n  params: {min: 3}\n",
+        "policy \"p\": missing field `match`"
+    )]
+    #[case::no_name(
+        "- kind: replicas\n  match: {resources: [deployments]}\n",
+        "policy #1: missing field `name`"
+    )]
+    #[case::bad_name(
+        "- name: Min_Replicas\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: 1}\n",
+        "policy \"Min_Replicas\": name: `Min_Replicas` must be"
+    )]
+    #[case::unknown_top_level("polices: []\n", "polices: unknown field `polices`")]
+    #[case::not_yaml("- name: [\n", "not valid YAML")]
+    #[case::scalar("42\n", "expected a list of policies")]
+    fn load_errors_name_file_policy_and_field(#[case] text: &str, #[case] expected: &str) {
+        let err = parse_policies(text, "team.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("team.yaml: "), "{err}");
+        assert!(
+            err.contains(expected),
+            "{err:?} should contain {expected:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_across_files_are_rejected() {
+        let text = "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: 1}\n";
+        let mut all = parse_policies(text, "a.yaml").unwrap();
+        all.extend(parse_policies(text, "b.yaml").unwrap());
+        let err = PolicySet::new(all, vec![]).unwrap_err().to_string();
+        assert_eq!(err, "b.yaml: policy \"p\": name: already defined in a.yaml");
+    }
+
+    #[test]
+    fn directory_loads_yaml_files_in_order_and_skips_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "- name: b\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: 1}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "policies:\n- name: a\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {max: 9}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not policies").unwrap();
+        let names: Vec<_> = load_policies(Some(dir.path()))
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = load_policies(Some(empty.path())).unwrap_err().to_string();
+        assert!(err.contains("no *.yaml"), "{err}");
+    }
+
+    fn deployment_request(ns: &str, replicas: i64) -> AdmissionRequest<DynamicObject> {
+        request(json!({
+            "uid": "u", "operation": "CREATE", "name": "web", "namespace": ns,
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "userInfo": {"username": "alice"},
+            "object": {"metadata": {"name": "web", "namespace": ns}, "spec": {"replicas": replicas}},
+        }))
+    }
+
+    const THREE_ACTIONS: &str = "
+- name: deny-min
+  kind: replicas
+  match: {resources: [deployments]}
+  params: {min: 3}
+- name: warn-min
+  kind: replicas
+  action: warn
+  match: {resources: [deployments]}
+  params: {min: 5}
+- name: audit-min
+  kind: replicas
+  action: audit
+  match: {resources: [deployments]}
+  params: {min: 7}
+";
+
+    #[rstest]
+    #[case(2, "denied", 1, 1, 1)]
+    #[case(4, "warned", 0, 1, 1)]
+    #[case(6, "audited", 0, 0, 1)]
+    #[case(8, "allowed", 0, 0, 0)]
+    #[tokio::test]
+    async fn every_matching_policy_is_evaluated_and_deny_wins(
+        #[case] replicas: i64,
+        #[case] label: &str,
+        #[case] denials: usize,
+        #[case] warnings: usize,
+        #[case] audits: usize,
+    ) {
+        let set = PolicySet::new(parse_policies(THREE_ACTIONS, "t.yaml").unwrap(), vec![]).unwrap();
+        let d = set.evaluate(&deployment_request("app", replicas)).await;
+        assert_eq!(d.label(), label);
+        assert_eq!(d.denials.len(), denials);
+        assert_eq!(d.warnings.len(), warnings);
+        assert_eq!(d.audits.len(), audits);
+        assert_eq!(d.evaluated, vec!["deny-min", "warn-min", "audit-min"]);
+        assert_eq!(d.allowed(), denials == 0);
+    }
+
+    #[tokio::test]
+    async fn excluded_namespaces_skip_every_policy() {
+        let set = PolicySet::new(
+            parse_policies(THREE_ACTIONS, "t.yaml").unwrap(),
+            vec!["kube-system".into(), "infra-*".into()],
+        )
+        .unwrap();
+        for ns in ["kube-system", "infra-monitoring"] {
+            let d = set.evaluate(&deployment_request(ns, 1)).await;
+            assert!(d.excluded && d.allowed() && d.evaluated.is_empty(), "{ns}");
+        }
+        assert!(
+            !set.evaluate(&deployment_request("kube-public", 1))
+                .await
+                .allowed()
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Policy kind `replicas`: a minimum (and optional maximum) replica count for Deployments,
+//! StatefulSets, ReplicaSets and their `scale` subresource.
+
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionRequest;
+use serde::Deserialize;
+
+use super::Outcome;
+use crate::admission::{describe_object, plural};
+
+/// `params` of a `replicas` policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Replicas {
+    /// Fewest replicas allowed.
+    #[serde(default)]
+    pub min: Option<u32>,
+    /// Most replicas allowed.
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+impl Replicas {
+    /// Checks the parameters after parsing.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.min, self.max) {
+            (None, None) => Err("params: set `min`, `max` or both".into()),
+            (Some(min), Some(max)) if min > max => {
+                Err(format!("params: min ({min}) is greater than max ({max})"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Evaluates the request's object (the new one; DELETE and CONNECT pass).
+    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
+        let Some(obj) = req.object.as_ref() else {
+            return Outcome::Pass;
+        };
+        let is_scale = req.sub_resource.as_deref() == Some("scale") || req.kind.kind == "Scale";
+        let (count, unset) = match obj.data.get("spec").and_then(|s| s.get("replicas")) {
+            Some(v) => match v.as_i64() {
+                Some(n) => (n, false),
+                None => {
+                    return Outcome::Violation(format!(
+                        "{} has a spec.replicas that is not a whole number; policy {policy} cannot check it",
+                        describe_object(req)
+                    ));
+                }
+            },
+            // The API server defaults a missing spec.replicas to 1; on a Scale object,
+            // 0 is omitted from the JSON (omitempty), so a missing value there means 0.
+            None => (if is_scale { 0 } else { 1 }, true),
+        };
+        let unset_note = if unset && !is_scale {
+            " (spec.replicas unset: the API default)"
+        } else {
+            ""
+        };
+        if let Some(min) = self.min
+            && count < i64::from(min)
+        {
+            return Outcome::Violation(format!(
+                "{} asks for {}{unset_note}; policy {policy} requires at least {min}",
+                describe_object(req),
+                plural(count, "replica"),
+            ));
+        }
+        if let Some(max) = self.max
+            && count > i64::from(max)
+        {
+            return Outcome::Violation(format!(
+                "{} asks for {}; policy {policy} allows at most {max}",
+                describe_object(req),
+                plural(count, "replica"),
+            ));
+        }
+        Outcome::Pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::testing::request;
+    use rstest::rstest;
+    use serde_json::{Value, json};
+
+    fn deployment(replicas: Value) -> AdmissionRequest<DynamicObject> {
+        let mut spec = json!({"template": {}});
+        if !replicas.is_null() {
+            spec["replicas"] = replicas;
+        }
+        request(json!({
+            "uid": "u", "operation": "CREATE", "name": "alpine-deploy", "namespace": "app-ns",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "userInfo": {"username": "alice"},
+            "object": {"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "alpine-deploy", "namespace": "app-ns"}, "spec": spec},
+        }))
+    }
+
+    fn scale(replicas: Option<i64>) -> AdmissionRequest<DynamicObject> {
+        let spec = match replicas {
+            Some(n) => json!({"replicas": n}),
+            None => json!({}),
+        };
+        request(json!({
+            "uid": "u", "operation": "UPDATE", "name": "alpine-deploy", "namespace": "app-ns",
+            "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "subResource": "scale",
+            "userInfo": {"username": "alice"},
+            "object": {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                       "metadata": {"name": "alpine-deploy", "namespace": "app-ns"}, "spec": spec},
+        }))
+    }
+
+    const MIN3: Replicas = Replicas {
+        min: Some(3),
+        max: None,
+    };
+
+    #[rstest]
+    #[case::two(json!(2), Some("Deployment app-ns/alpine-deploy asks for 2 replicas; policy min-replicas requires at least 3"))]
+    #[case::one(json!(1), Some("Deployment app-ns/alpine-deploy asks for 1 replica; policy min-replicas requires at least 3"))]
+    #[case::zero(json!(0), Some("Deployment app-ns/alpine-deploy asks for 0 replicas; policy min-replicas requires at least 3"))]
+    #[case::three(json!(3), None)]
+    #[case::many(json!(50), None)]
+    #[case::missing(
+        Value::Null,
+        Some(
+            "Deployment app-ns/alpine-deploy asks for 1 replica (spec.replicas unset: the API default); policy min-replicas requires at least 3"
+        )
+    )]
+    #[case::not_a_number(json!("3"), Some("Deployment app-ns/alpine-deploy has a spec.replicas that is not a whole number; policy min-replicas cannot check it"))]
+    fn min_table(#[case] replicas: Value, #[case] expected: Option<&str>) {
+        let got = MIN3.evaluate("min-replicas", &deployment(replicas));
+        match expected {
+            Some(msg) => assert_eq!(got, Outcome::Violation(msg.into())),
+            None => assert_eq!(got, Outcome::Pass),
+        }
+    }
+
+    #[rstest]
+    #[case(
+        Some(1),
+        Some(
+            "Deployment app-ns/alpine-deploy (scale) asks for 1 replica; policy min-replicas requires at least 3"
+        )
+    )]
+    #[case(
+        None,
+        Some(
+            "Deployment app-ns/alpine-deploy (scale) asks for 0 replicas; policy min-replicas requires at least 3"
+        )
+    )]
+    #[case(Some(3), None)]
+    fn scale_subresource(#[case] replicas: Option<i64>, #[case] expected: Option<&str>) {
+        let got = MIN3.evaluate("min-replicas", &scale(replicas));
+        match expected {
+            Some(msg) => assert_eq!(got, Outcome::Violation(msg.into())),
+            None => assert_eq!(got, Outcome::Pass),
+        }
+    }
+
+    #[test]
+    fn max_is_enforced() {
+        let p = Replicas {
+            min: Some(1),
+            max: Some(10),
+        };
+        assert_eq!(
+            p.evaluate("cap", &deployment(json!(11))),
+            Outcome::Violation(
+                "Deployment app-ns/alpine-deploy asks for 11 replicas; policy cap allows at most 10".into()
+            )
+        );
+        assert_eq!(p.evaluate("cap", &deployment(json!(10))), Outcome::Pass);
+    }
+
+    #[rstest]
+    #[case(None, None, "set `min`, `max` or both")]
+    #[case(Some(5), Some(2), "min (5) is greater than max (2)")]
+    fn bad_params(#[case] min: Option<u32>, #[case] max: Option<u32>, #[case] expected: &str) {
+        let err = Replicas { min, max }.validate().unwrap_err();
+        assert!(err.contains(expected), "{err}");
+    }
+}

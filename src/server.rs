@@ -1,0 +1,151 @@
+//! The two listeners: HTTPS for the webhook (axum-server + rustls) and plain HTTP for health
+//! and metrics; graceful shutdown of both.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::api::{self, AppState, RouteLimits};
+use crate::config::Config;
+use crate::policy::PolicySet;
+
+/// Listening sockets, bound and ready to serve.
+pub struct Server {
+    state: AppState,
+    webhook: TcpListener,
+    health: TcpListener,
+    tls: RustlsConfig,
+    limits: RouteLimits,
+    shutdown_grace: Duration,
+}
+
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    addr: SocketAddr,
+    what: &'static str,
+    source: std::io::Error,
+}
+
+fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+    let err = |source| BindError { addr, what, source };
+    let listener = TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+impl Server {
+    /// Binds both listeners (port 0 picks a free port).
+    pub fn bind(
+        config: &Config,
+        policies: PolicySet,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Self, BindError> {
+        Ok(Self {
+            state: AppState::new(policies),
+            webhook: bind(config.listen, "webhook, TLS")?,
+            health: bind(config.health_listen, "health and metrics")?,
+            tls: RustlsConfig::from_config(tls),
+            limits: RouteLimits {
+                max_body_bytes: config.limits.max_body_bytes,
+                request_timeout: config.limits.request_timeout,
+            },
+            shutdown_grace: config.limits.shutdown_grace,
+        })
+    }
+
+    /// The webhook listener's address.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The health listener's address.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The shared state (policies, metrics, readiness).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The TLS configuration handle (for reloading the certificate).
+    pub fn tls(&self) -> &RustlsConfig {
+        &self.tls
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, marks itself not ready and
+    /// lets in-flight requests finish for up to the configured grace period.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Server {
+            state,
+            webhook,
+            health,
+            tls,
+            limits,
+            shutdown_grace,
+        } = self;
+        let app = api::router(state.clone(), limits);
+        let handle = axum_server::Handle::new();
+        let webhook_server = axum_server::from_tcp_rustls(webhook, tls)?.handle(handle.clone());
+        let webhook_task = tokio::spawn(webhook_server.serve(app.into_make_service()));
+
+        let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+        let health_listener = tokio::net::TcpListener::from_std(health)?;
+        let health_app = api::health_router(state.clone());
+        let health_task = tokio::spawn(async move {
+            axum::serve(health_listener, health_app)
+                .with_graceful_shutdown(async {
+                    let _ = health_stopped.await;
+                })
+                .await
+        });
+
+        shutdown.await;
+        tracing::info!(grace = ?shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+        state.ready.store(false, Ordering::Relaxed);
+        handle.graceful_shutdown(Some(shutdown_grace));
+        let result = match webhook_task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let _ = stop_health.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), health_task).await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("received SIGINT"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}
