@@ -117,7 +117,9 @@ impl ReloadMetrics {
     }
 
     fn loaded(&self, source: Source) {
-        self.last_successful.get_or_create(&Self::labels(source)).set(1);
+        self.last_successful
+            .get_or_create(&Self::labels(source))
+            .set(1);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -522,10 +524,7 @@ mod tests {
             Some("1".into())
         );
         assert_eq!(
-            metric(
-                &st,
-                "gatehouse_reload_last_successful{source=\"policies\"}"
-            ),
+            metric(&st, "gatehouse_reload_last_successful{source=\"policies\"}"),
             Some("0".into())
         );
 
