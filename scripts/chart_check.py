@@ -625,6 +625,8 @@ def render_deploy() -> dict[str, str]:
     out = run([HELM, "template", DEPLOY_RELEASE, str(CHART), "--namespace", DEPLOY_NAMESPACE,
                "--set", "tls.mode=secret", "--set", f"tls.secret.name={DEPLOY_RELEASE}-tls",
                "--set", f"tls.secret.caBundle={CA_PLACEHOLDER}"])
+    # Not installed by helm: say so in the labels.
+    out = out.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl")
     docs = [d.strip("\n") for d in out.split("\n---\n")]
     docs = [d[4:] if d.startswith("---\n") else d for d in docs]
     webhook = [d for d in docs if "kind: ValidatingWebhookConfiguration" in d]
@@ -663,6 +665,32 @@ def check_deploy() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Dockerfile (no container engine here: what can be checked without building)
+
+
+def check_dockerfile() -> None:
+    label = "Dockerfile"
+    text = (ROOT / "Dockerfile").read_text()
+    F.check("cargo build --release --locked" in text, f"{label}: cargo build --release --locked")
+    stages = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    F.check(len(stages) == 2 and stages[-1].startswith("gcr.io/distroless/static"),
+            f"{label}: two stages, the last on distroless static: {stages}")
+    F.check("\nUSER 65532:65532\n" in text, f"{label}: runs as non-root")
+    start = text.index("COPY <<EOF /etc/gatehouse/gatehouse.yaml\n") + len("COPY <<EOF /etc/gatehouse/gatehouse.yaml\n")
+    config = text[start:text.index("\nEOF\n", start) + 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gatehouse.yaml"
+        path.write_text(config)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+        env["GATEHOUSE_POLICIES"] = str(ROOT / "policies")
+        res = subprocess.run([GATEHOUSE_BIN, "--config", str(path), "review",
+                              str(ROOT / "examples" / "reviews" / "create-3-replicas.json")],
+                             env=env, capture_output=True, text=True)
+        F.eq(res.returncode, 0, f"{label}: the image's config file is a valid gatehouse config ({res.stderr.strip()})")
+    print(f"ok   {label}: build and runtime stages, non-root, valid built-in config", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def check() -> int:
@@ -685,6 +713,7 @@ def check() -> int:
     serve_with_chart_output(got, default)
     check_upgrade_keeps_self_signed_pair(default)
     check_deploy()
+    check_dockerfile()
 
     print(f"{F.passed} passed, {len(F.items)} failed")
     return 1 if F.items else 0
