@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/chart-tools.sh
 
 cargo build --locked --quiet
-export GATEHOUSE_BIN="$PWD/target/debug/gatehouse"
+export GATEHOUSE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/gatehouse"
 
 chart=charts/gatehouse
 for values in "" "$chart/ci/cert-manager-values.yaml" "$chart/ci/overrides-values.yaml"; do
