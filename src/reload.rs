@@ -465,6 +465,20 @@ mod tests {
     }
 
     #[test]
+    fn reload_interval_is_a_setting() {
+        let env = |v: &str| vec![("GATEHOUSE_RELOAD_INTERVAL".to_owned(), v.to_owned())];
+        let (c, _) = Config::load_from(None, env("250ms")).unwrap();
+        assert_eq!(c.reload_interval, Duration::from_millis(250));
+        let (c, _) = Config::load_from(None, env("0s")).unwrap();
+        assert!(c.reload_interval.is_zero());
+        assert_eq!(Config::default().reload_interval, Duration::from_secs(5));
+        let err = Config::load_from(None, env("often"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reload_interval"), "{err}");
+    }
+
+    #[test]
     fn nothing_to_watch_or_interval_zero_means_no_reloader() {
         let st = state();
         let config = Config::default();

@@ -148,6 +148,54 @@ fn certs_verify_for_every_service_name_and_carry_sans(#[case] key: &str) {
     );
 }
 
+/// Runs without any configuration (even with a broken GATEHOUSE_* environment, which is for
+/// `serve`), refuses to overwrite, and keeps stdout for the caBundle alone.
+#[test]
+fn certs_needs_no_config_and_never_overwrites_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([
+                "certs",
+                "--service",
+                "gatehouse",
+                "--namespace",
+                "infra",
+                "--out",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .env("GATEHOUSE_LISTEN", "not-an-address")
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let key = std::fs::read(dir.path().join("tls.key")).unwrap();
+
+    let again = run(&[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(again.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("ca.crt already exists (use --force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("tls.key")).unwrap(), key);
+
+    let forced = run(&["--force"]);
+    assert!(forced.status.success());
+    assert_ne!(std::fs::read(dir.path().join("tls.key")).unwrap(), key);
+
+    let bad = run(&["--force", "--days", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--days 0 is out of range"));
+}
+
 /// What the original design's openssl script made: the Service name only in the subject's
 /// Common Name. The same verifier refuses it for that very name, as Kubernetes API servers
 /// since 1.19 do ("x509: certificate relies on legacy Common Name field").
