@@ -382,6 +382,39 @@ def check_overrides(objs: list[dict]) -> dict:
     return got
 
 
+def check_variants() -> None:
+    """Smaller switches, each rendered, validated and checked on its own."""
+    label = "existing Secrets and ConfigMap"
+    objs = helm_template("gatehouse", "gatehouse", "--set", "twilio.enabled=true",
+                         "--set", "twilio.existingSecret=ops-twilio", "--set", "policies.existingConfigMap=team-policies")
+    validate_all(objs, label)
+    got = check_common(objs, "gatehouse", "gatehouse", "gatehouse", label)
+    F.check(not [s for s in find(objs, "Secret") if s["type"] == "Opaque"], f"{label}: no chart Twilio Secret")
+    env = {e["name"]: e for e in got["container"]["env"]}
+    for key, optional in (("TWILIO_ACCOUNT_SID", None), ("TWILIO_AUTH_TOKEN", None),
+                          ("TWILIO_FROM", True), ("GATEHOUSE_SMS_TO", True)):
+        ref = env.get(key, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        F.eq((ref.get("name"), ref.get("key"), ref.get("optional")), ("ops-twilio", key, optional),
+             f"{label}: {key} from the existing Secret")
+    F.eq(got["vols"]["policies"]["configMap"]["name"], "team-policies", f"{label}: existing policies ConfigMap mounted")
+    F.eq(len(find(objs, "ConfigMap")), 1, f"{label}: only the config ConfigMap rendered")
+
+    label = "cert-manager with an existing issuer"
+    objs = helm_template("gatehouse", "gatehouse", "--set", "tls.mode=certManager",
+                         "--set", "tls.certManager.issuerRef.name=corp-ca",
+                         "--set", "tls.certManager.issuerRef.kind=ClusterIssuer")
+    validate_all(objs, label)
+    check_common(objs, "gatehouse", "gatehouse", "gatehouse", label)
+    F.check(not find(objs, "Issuer"), f"{label}: no Issuer made")
+    F.eq(one(objs, "Certificate")["spec"]["issuerRef"], {"name": "corp-ca", "kind": "ClusterIssuer"},
+         f"{label}: the given issuer signs")
+
+    label = "single replica"
+    objs = helm_template("gatehouse", "gatehouse", "--set", "replicaCount=1")
+    F.check(not find(objs, "PodDisruptionBudget"), f"{label}: no PDB (it would block every drain)")
+    print("ok   variants: existing Secrets/ConfigMap, cert-manager issuerRef, single replica", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real binary with the chart's config, policies and certificate
 
@@ -710,6 +743,7 @@ def check() -> int:
     review_with_chart_output(ov_got, "overrides values")
     print("ok   overrides values: assertions", flush=True)
 
+    check_variants()
     serve_with_chart_output(got, default)
     check_upgrade_keeps_self_signed_pair(default)
     check_deploy()
