@@ -11,6 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
+use rustls_pki_types::PrivatePkcs8KeyDer;
 use time::{Duration, OffsetDateTime};
 
 /// Names the development certificate is valid for.
@@ -40,12 +41,62 @@ pub struct CertOptions {
     pub ca_name: String,
 }
 
+/// The kind of key pair to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyAlgorithm {
+    /// ECDSA on P-256 with SHA-256 (small, fast; the default).
+    #[default]
+    EcdsaP256,
+    /// RSA 2048 with PKCS#1 v1.5 SHA-256 signatures, for environments that require RSA.
+    Rsa2048,
+}
+
+/// RSA modulus size for [`KeyAlgorithm::Rsa2048`].
+const RSA_BITS: usize = 2048;
+
+impl KeyAlgorithm {
+    /// A fresh key pair of this kind.
+    ///
+    /// ring (the only crypto backend Gatehouse links) can sign with RSA keys but cannot generate
+    /// them, so RSA keys are generated with the RustCrypto `rsa` crate and handed to rcgen as
+    /// PKCS#8; every signature is then made by ring. The `rsa` crate is used for nothing else.
+    pub fn generate(self) -> Result<KeyPair, CertError> {
+        match self {
+            KeyAlgorithm::EcdsaP256 => Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?),
+            KeyAlgorithm::Rsa2048 => {
+                use rsa::pkcs8::EncodePrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS)
+                    .map_err(|e| CertError::KeyGen(e.to_string()))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| CertError::KeyGen(e.to_string()))?;
+                let pkcs8 = PrivatePkcs8KeyDer::from(der.as_bytes());
+                Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+                    &pkcs8,
+                    &rcgen::PKCS_RSA_SHA256,
+                )?)
+            }
+        }
+    }
+
+    /// `ecdsa` or `rsa`, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "ecdsa",
+            KeyAlgorithm::Rsa2048 => "rsa",
+        }
+    }
+}
+
 /// Certificate generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// rcgen refused the parameters (for example a name that is not a valid DNS name).
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The key pair could not be generated.
+    #[error("cannot generate key pair: {0}")]
+    KeyGen(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -58,6 +109,11 @@ pub enum CertError {
 
 /// Generates a CA and a serving certificate signed by it, both ECDSA P-256.
 pub fn generate(opts: &CertOptions) -> Result<CertBundle, CertError> {
+    generate_with_key(opts, KeyAlgorithm::EcdsaP256)
+}
+
+/// Generates a CA and a serving certificate signed by it, both with keys of kind `key`.
+pub fn generate_with_key(opts: &CertOptions, key: KeyAlgorithm) -> Result<CertBundle, CertError> {
     let now = OffsetDateTime::now_utc();
     let not_before = now - Duration::hours(1);
     let not_after = now + Duration::days(i64::from(opts.days.max(1)));
@@ -75,7 +131,7 @@ pub fn generate(opts: &CertOptions) -> Result<CertBundle, CertError> {
     ];
     ca_params.not_before = not_before;
     ca_params.not_after = not_after;
-    let ca_key = KeyPair::generate()?;
+    let ca_key = key.generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
@@ -98,14 +154,14 @@ pub fn generate(opts: &CertOptions) -> Result<CertBundle, CertError> {
     params.not_before = not_before;
     params.not_after = not_after;
     params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca)?;
+    let leaf_key = key.generate()?;
+    let cert = params.signed_by(&leaf_key, &ca)?;
 
     Ok(CertBundle {
         ca_pem: ca.pem(),
         ca_key_pem,
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: leaf_key.serialize_pem(),
     })
 }
 

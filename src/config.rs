@@ -27,6 +27,7 @@ const KNOWN_KEYS: &[&str] = &[
     "excluded_namespaces",
     "log_format",
     "limits",
+    "reload_interval",
 ];
 
 /// Log output format.
@@ -87,6 +88,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Request and connection limits.
     pub limits: Limits,
+    /// How often the certificate/key and policy files are checked for changes (a Secret or
+    /// ConfigMap update); `0s` turns live reload off.
+    #[serde(with = "humantime_secs")]
+    pub reload_interval: Duration,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             excluded_namespaces: vec!["kube-system".to_owned()],
             log_format: LogFormat::Text,
             limits: Limits::default(),
+            reload_interval: Duration::from_secs(5),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

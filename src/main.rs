@@ -30,10 +30,17 @@ enum Command {
         /// The review file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Make a CA and a serving certificate for the webhook's Service (ca.crt, tls.crt,
+    /// tls.key) and print the base64 caBundle.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: runs even where GATEHOUSE_* is set for a server.
+    if let Command::Certs(args) = &cli.command {
+        return ExitCode::from(commands::certs::main(args));
+    }
     let (config, report) = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
+            Command::Certs(_) => ExitCode::from(2),
             Command::Review { file } => {
                 let policies = match PolicySet::load(
                     config.policies.as_deref(),

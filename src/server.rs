@@ -12,6 +12,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use crate::api::{self, AppState, RouteLimits};
 use crate::config::Config;
 use crate::policy::PolicySet;
+use crate::reload::Reloader;
 
 /// Listening sockets, bound and ready to serve.
 pub struct Server {
@@ -21,6 +22,7 @@ pub struct Server {
     tls: RustlsConfig,
     limits: RouteLimits,
     shutdown_grace: Duration,
+    reloader: Option<Reloader>,
 }
 
 /// A listener that could not be opened.
@@ -46,8 +48,10 @@ impl Server {
         policies: PolicySet,
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<Self, BindError> {
+        let state = AppState::new(policies);
+        let reloader = Reloader::new(config, &state);
         Ok(Self {
-            state: AppState::new(policies),
+            state,
             webhook: bind(config.listen, "webhook, TLS")?,
             health: bind(config.health_listen, "health and metrics")?,
             tls: RustlsConfig::from_config(tls),
@@ -56,6 +60,7 @@ impl Server {
                 request_timeout: config.limits.request_timeout,
             },
             shutdown_grace: config.limits.shutdown_grace,
+            reloader,
         })
     }
 
@@ -96,7 +101,9 @@ impl Server {
             tls,
             limits,
             shutdown_grace,
+            reloader,
         } = self;
+        let reload_task = reloader.map(|r| tokio::spawn(r.run(tls.clone(), state.clone())));
         let app = api::router(state.clone(), limits);
         let handle = axum_server::Handle::new();
         let webhook_server = axum_server::from_tcp_rustls(webhook, tls)?.handle(handle.clone());
@@ -114,6 +121,9 @@ impl Server {
         });
 
         shutdown.await;
+        if let Some(task) = reload_task {
+            task.abort();
+        }
         tracing::info!(grace = ?shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
         state.ready.store(false, Ordering::Relaxed);
         handle.graceful_shutdown(Some(shutdown_grace));

@@ -1,0 +1,103 @@
+{{/* Chart name, truncated to 63 characters (DNS label). */}}
+{{- define "gatehouse.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; also the Service name, so it is what the certificate names. */}}
+{{- define "gatehouse.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gatehouse.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gatehouse.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gatehouse.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gatehouse.labels" -}}
+helm.sh/chart: {{ include "gatehouse.chart" . }}
+{{ include "gatehouse.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: admission-webhook
+{{- end }}
+
+{{- define "gatehouse.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gatehouse.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding tls.crt / tls.key (and ca.crt where the chart or cert-manager makes it). */}}
+{{- define "gatehouse.tlsSecretName" -}}
+{{- if eq .Values.tls.mode "secret" }}
+{{- required "tls.secret.name is required when tls.mode is secret" .Values.tls.secret.name }}
+{{- else }}
+{{- printf "%s-tls" (include "gatehouse.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "gatehouse.policiesConfigMapName" -}}
+{{- default (printf "%s-policies" (include "gatehouse.fullname" .)) .Values.policies.existingConfigMap }}
+{{- end }}
+
+{{- define "gatehouse.twilioSecretName" -}}
+{{- default (printf "%s-twilio" (include "gatehouse.fullname" .)) .Values.twilio.existingSecret }}
+{{- end }}
+
+{{/* Every DNS name the API server may use for the Service, as a YAML list. */}}
+{{- define "gatehouse.dnsNames" -}}
+{{- $svc := include "gatehouse.fullname" . }}
+{{- $ns := .Release.Namespace }}
+- {{ $svc }}
+- {{ $svc }}.{{ $ns }}
+- {{ $svc }}.{{ $ns }}.svc
+- {{ $svc }}.{{ $ns }}.svc.cluster.local
+{{- end }}
+
+{{/* Namespaces the webhook is never called for: kube-system, the release namespace, more. */}}
+{{- define "gatehouse.excludedNamespaces" -}}
+{{- $all := concat (list "kube-system" .Release.Namespace) .Values.webhook.excludedNamespaces | uniq }}
+{{- toYaml $all }}
+{{- end }}
+
+{{- define "gatehouse.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Gatehouse's config.yaml. */}}
+{{- define "gatehouse.config" -}}
+{{- $timeout := max 1 (sub (int .Values.webhook.timeoutSeconds) 1) }}
+{{- $excluded := concat (include "gatehouse.excludedNamespaces" . | fromYamlArray) .Values.config.excludedNamespaces | uniq }}
+{{- $config := dict
+  "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.webhook))
+  "health_listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.health))
+  "tls_cert" "/etc/gatehouse/tls/tls.crt"
+  "tls_key" "/etc/gatehouse/tls/tls.key"
+  "policies" "/etc/gatehouse/policies"
+  "data_dir" "/var/lib/gatehouse"
+  "excluded_namespaces" $excluded
+  "log_format" .Values.config.logFormat
+  "reload_interval" .Values.config.reloadInterval
+  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace)
+}}
+{{- toYaml (mustMergeOverwrite $config (deepCopy .Values.config.extra)) }}
+{{- end }}
