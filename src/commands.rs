@@ -1,4 +1,5 @@
 //! Subcommands: one file each under `commands/`.
 
+pub mod check;
 pub mod review;
 pub mod serve;

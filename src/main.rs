@@ -30,6 +30,9 @@ enum Command {
         /// The review file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Evaluate Kubernetes manifests against the policies offline, as CREATE by a user.
+    /// Exit code: 0 all allowed, 1 any denied, 2 unreadable input or configuration.
+    Check(commands::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
                 };
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
             }
+            Command::Check(args) => ExitCode::from(commands::check::main(&config, &args).await),
         }
     })
 }
