@@ -415,9 +415,10 @@ pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                     .filter(|(_, d)| decision_label(d) == label)
                     .count()
             };
+            let n = |n: usize, what: &str| admission::plural(n as i64, what);
             eprintln!(
-                "{} objects: {} allowed, {denied} denied, {} warned, {} audited, {} with skipped policies; {} unreadable inputs",
-                results.len(),
+                "{}: {} allowed, {denied} denied, {} warned, {} audited, {} with skipped policies; {}",
+                n(results.len(), "object"),
                 count("allowed"),
                 count("warned"),
                 count("audited"),
@@ -425,7 +426,7 @@ pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                     .iter()
                     .filter(|(_, d)| !d.skipped.is_empty())
                     .count(),
-                errors.len()
+                n(errors.len(), "unreadable input"),
             );
         }
         Output::Json => {
@@ -439,6 +440,7 @@ pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                         "namespace": r.namespace,
                         "name": admission::object_name(r),
                         "operation": r.operation,
+                        "user": r.user_info.username,
                         "decision": decision_label(d),
                         "allowed": d.allowed(),
                         "excluded": d.excluded,
