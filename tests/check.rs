@@ -293,3 +293,45 @@ fn only_skipped_policies_are_not_reported_as_passed() {
     );
     assert!(stderr.contains("1 object: 0 allowed, 0 denied"), "{stderr}");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_listing_without_a_panic() {
+    use std::io::{BufRead, BufReader, Read};
+    // More output than a pipe buffers (3000 lines of ~50 bytes), so the writer meets the
+    // closed pipe for sure.
+    let items: Vec<_> = (0..3000)
+        .map(|i| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("settings-{i}"), "namespace": "shop"}}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut child = gatehouse()
+        .args(["check", "-f", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "ConfigMap shop/settings-0: allowed\n");
+    // The reader is dropped here, closing the pipe like `| head -1`.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -14,7 +14,7 @@
 //! Exit code: 0 when every object is allowed, 1 when any is denied, 2 when an input cannot be
 //! read or is not a Kubernetes object (the readable ones are still checked and printed).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use kube::core::DynamicObject;
@@ -125,7 +125,7 @@ pub(crate) fn resource_of(kind: &str) -> String {
 
 /// An input that could not be used; the message names the file and document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputError(pub String);
+pub(crate) struct InputError(pub(crate) String);
 
 /// One object to evaluate and where it came from.
 struct Item {
@@ -389,7 +389,7 @@ fn findings_json(fs: &[Finding]) -> Value {
 }
 
 /// Reads, evaluates and prints; returns the exit code.
-pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
+pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
     let mut errors = Vec::new();
     let inputs = read_inputs(&args.files, &mut errors);
     let items = parse_inputs(inputs, args, &mut errors);
@@ -400,11 +400,15 @@ pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
         results.push((item, decision));
     }
     let denied = results.iter().filter(|(_, d)| !d.allowed()).count();
+    let mut stdout = std::io::stdout().lock();
     match args.output {
         Output::Text => {
             for (item, d) in &results {
                 let object = describe_object(&item.request);
-                println!("{object}: {}", status_line(d, &object));
+                // A closed pipe (`| head`) ends the listing, not the process.
+                if writeln!(stdout, "{object}: {}", status_line(d, &object)).is_err() {
+                    break;
+                }
             }
             for e in &errors {
                 eprintln!("gatehouse check: {}", e.0);
@@ -454,7 +458,9 @@ pub async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
             let errors: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
             let doc = json!({"objects": objects, "errors": errors});
             match serde_json::to_string_pretty(&doc) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => {
+                    let _ = writeln!(stdout, "{text}");
+                }
                 Err(e) => {
                     eprintln!("gatehouse check: cannot encode the result: {e}");
                     return EXIT_UNUSABLE;

@@ -40,7 +40,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// What to do when the endpoint gives no usable answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FailureMode {
+pub(crate) enum FailureMode {
     /// The failure is a violation (with `action: deny`, the request is refused).
     #[default]
     Closed,
@@ -517,7 +517,7 @@ impl Forward {
 /// can be read now, and the forward timeouts together stay below `request_timeout` (the
 /// policies run one after another, and past `request_timeout` the webhook answers 503, so a
 /// failure mode would never apply).
-pub fn preflight(policies: &[Policy], request_timeout: Duration) -> Result<(), LoadError> {
+pub(crate) fn preflight(policies: &[Policy], request_timeout: Duration) -> Result<(), LoadError> {
     let mut total = Duration::ZERO;
     let mut last = None;
     for p in policies {

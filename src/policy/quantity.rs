@@ -21,7 +21,7 @@ use std::fmt;
 
 /// A parsed quantity; compares by value, shows as written.
 #[derive(Debug, Clone)]
-pub struct Quantity {
+pub(crate) struct Quantity {
     nanos: i128,
     text: String,
 }
@@ -31,7 +31,7 @@ const MAX_DIGITS: usize = 30;
 
 impl Quantity {
     /// Parses `text`; the error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` is not a Kubernetes quantity: {why}");
         if text.is_empty() {
             return Err(bad("it is empty"));

@@ -50,7 +50,7 @@ pub(crate) enum Target {
 /// `params` of an `annotations` or `labels` policy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequiredKeys {
+pub(crate) struct RequiredKeys {
     /// The keys that must be present.
     required: Vec<Requirement>,
     /// `object`, `template` or both; default `[object]`.
