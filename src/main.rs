@@ -33,6 +33,9 @@ enum Command {
     /// Make a CA and a serving certificate for the webhook's Service (ca.crt, tls.crt,
     /// tls.key) and print the base64 caBundle.
     Certs(commands::certs::CertsArgs),
+    /// Evaluate Kubernetes manifests against the policies offline, as CREATE by a user.
+    /// Exit code: 0 all allowed, 1 any denied, 2 unreadable input or configuration.
+    Check(commands::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
+            // Handled before the configuration is loaded (above).
             Command::Certs(_) => ExitCode::from(2),
             Command::Review { file } => {
                 let policies = match PolicySet::load(
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
                 };
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
             }
+            Command::Check(args) => ExitCode::from(commands::check::main(&config, &args).await),
         }
     })
 }

@@ -4,8 +4,17 @@
 //! Each policy has a `name`, a `kind` (one of the built-in kinds in `policy/<kind>.rs`), a
 //! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
 
+pub mod annotations;
+pub mod forward;
+pub mod labels;
 pub mod matching;
+mod podspec;
+pub mod ports;
+mod quantity;
+pub mod registries;
 pub mod replicas;
+mod required_keys;
+pub mod resources;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,6 +65,9 @@ pub enum Outcome {
     /// The policy could not be judged in this mode (for example a kind that needs the
     /// outside world in an offline `check`); the message says why. Not a pass.
     Skipped(String),
+    /// The request passes, with a warning for the client whatever the policy's action (for
+    /// example a `forward` policy that fails open).
+    Warning(String),
 }
 
 /// How an evaluation runs.
@@ -70,10 +82,30 @@ pub struct EvalOptions {
 pub enum Kind {
     /// Minimum/maximum replica count.
     Replicas(replicas::Replicas),
+    /// Images only from allowed registries.
+    Registries(registries::Registries),
+    /// Required resource requests/limits and maxima.
+    Resources(resources::Resources),
+    /// Allowed container and host ports.
+    Ports(ports::Ports),
+    /// Required annotations.
+    Annotations(annotations::Annotations),
+    /// Required labels.
+    Labels(labels::Labels),
+    /// The verdict of an external endpoint.
+    Forward(forward::Forward),
 }
 
 /// Names of the built-in kinds, for error messages.
-pub const KINDS: &[&str] = &["replicas"];
+pub const KINDS: &[&str] = &[
+    "replicas",
+    "registries",
+    "resources",
+    "ports",
+    "annotations",
+    "labels",
+    "forward",
+];
 
 impl Kind {
     /// Parses `params` for `kind`; the error names the parameter.
@@ -84,6 +116,32 @@ impl Kind {
                 p.validate()?;
                 Ok(Kind::Replicas(p))
             }
+            "registries" => {
+                let mut p: registries::Registries = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Registries(p))
+            }
+            "resources" => {
+                let p: resources::Resources = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Resources(p))
+            }
+            "ports" => {
+                let p: ports::Ports = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Ports(p))
+            }
+            "annotations" => {
+                let mut p: annotations::Annotations = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Annotations(p))
+            }
+            "labels" => {
+                let mut p: labels::Labels = typed_params(params)?;
+                p.validate()?;
+                Ok(Kind::Labels(p))
+            }
+            "forward" => Ok(Kind::Forward(forward::Forward::from_params(params)?)),
             other => Err(format!(
                 "kind: unknown kind `{other}` (known kinds: {})",
                 KINDS.join(", ")
@@ -95,6 +153,12 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Replicas(_) => "replicas",
+            Kind::Registries(_) => "registries",
+            Kind::Resources(_) => "resources",
+            Kind::Ports(_) => "ports",
+            Kind::Annotations(_) => "annotations",
+            Kind::Labels(_) => "labels",
+            Kind::Forward(_) => "forward",
         }
     }
 
@@ -102,10 +166,16 @@ impl Kind {
         &self,
         policy: &str,
         req: &AdmissionRequest<DynamicObject>,
-        _opts: &EvalOptions,
+        opts: &EvalOptions,
     ) -> Outcome {
         match self {
             Kind::Replicas(p) => p.evaluate(policy, req),
+            Kind::Registries(p) => p.evaluate(policy, req),
+            Kind::Resources(p) => p.evaluate(policy, req),
+            Kind::Ports(p) => p.evaluate(policy, req),
+            Kind::Annotations(p) => p.evaluate(policy, req),
+            Kind::Labels(p) => p.evaluate(policy, req),
+            Kind::Forward(p) => p.evaluate(policy, req, opts).await,
         }
     }
 }
@@ -432,6 +502,7 @@ impl PolicySet {
             match policy.kind.evaluate(&policy.name, req, opts).await {
                 Outcome::Pass => {}
                 Outcome::Skipped(message) => decision.skipped.push(finding(message)),
+                Outcome::Warning(message) => decision.warnings.push(finding(message)),
                 Outcome::Violation(message) => match policy.action {
                     Action::Deny => decision.denials.push(finding(message)),
                     Action::Warn => decision.warnings.push(finding(message)),

@@ -13,6 +13,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.policies.as_deref(),
         config.excluded_namespaces.clone(),
     )?;
+    policy::forward::preflight(policies.policies(), config.limits.request_timeout)?;
     let source = config.policies.as_ref().map_or_else(
         || policy::DEFAULT_POLICIES_NAME.to_owned(),
         |p| p.display().to_string(),

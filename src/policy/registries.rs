@@ -1,0 +1,374 @@
+//! Policy kind `registries`: every container image (containers, initContainers,
+//! ephemeralContainers) of a Pod or pod template comes from an allowed registry or repository
+//! prefix, optionally pinned by digest.
+//!
+//! Images are parsed with `oci-spec`'s reference parser, which follows the
+//! distribution/reference grammar and its normalisation: a first path component without a `.`
+//! or `:` that is not `localhost` is not a registry, so `nginx` is `docker.io/library/nginx`,
+//! `team/app` is `docker.io/team/app`, and `index.docker.io` is `docker.io`. Matching is on
+//! the parsed parts, never on the string: the registry host (with its port) must be equal, and
+//! the repository must equal the allowed path or continue it after a `/`. So
+//! `myregistry.io.evil.com/app` and `myregistry.io:5000/app` do not pass for `myregistry.io`,
+//! and `ghcr.io/acme-evil/app` does not pass for `ghcr.io/acme`.
+
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionRequest;
+use oci_spec::distribution::Reference;
+use serde::Deserialize;
+
+use super::Outcome;
+use super::podspec::{PodTemplate, join_and};
+use crate::admission::describe_object;
+
+/// `params` of a `registries` policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Registries {
+    /// Registry hosts or repository prefixes: `myregistry.io`, `myregistry.io:5000`,
+    /// `ghcr.io/acme`, `docker.io/library`.
+    allowed: Vec<String>,
+    /// Every image must name a digest (`@sha256:…`).
+    #[serde(default)]
+    require_digest: bool,
+    #[serde(skip)]
+    prefixes: Vec<Prefix>,
+}
+
+/// One allowed registry or repository prefix, normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Prefix {
+    /// Lower-case host with its port, `docker.io` for Docker Hub.
+    registry: String,
+    /// Repository path prefix without slashes at either end; empty: the whole registry.
+    path: String,
+}
+
+impl Prefix {
+    fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("`{text}` {why}");
+        if text.contains(['*', '@']) || text.contains("://") {
+            return Err(bad(
+                "must be a registry host or a repository prefix such as myregistry.io or ghcr.io/acme (no scheme, wildcard or digest)",
+            ));
+        }
+        let (host, path) = text.split_once('/').unwrap_or((text, ""));
+        if !(host.contains(['.', ':']) || host == "localhost") {
+            return Err(bad(&format!(
+                "does not start with a registry host (a name with a dot or a port, or localhost); for Docker Hub write docker.io/{text}"
+            )));
+        }
+        let valid_host = host.split(':').next().is_some_and(|h| {
+            !h.is_empty()
+                && h.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        }) && host
+            .split_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_ok());
+        if !valid_host {
+            return Err(bad("has an invalid registry host"));
+        }
+        let path = path.trim_end_matches('/');
+        if path.split('/').any(str::is_empty) && !path.is_empty() {
+            return Err(bad("has an empty path segment"));
+        }
+        if path.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(bad("repository paths are lower case"));
+        }
+        let mut registry = host.to_ascii_lowercase();
+        if registry == "index.docker.io" {
+            registry = "docker.io".into();
+        }
+        Ok(Self {
+            registry,
+            path: path.to_owned(),
+        })
+    }
+
+    fn allows(&self, image: &Reference) -> bool {
+        if !image.registry().eq_ignore_ascii_case(&self.registry) {
+            return false;
+        }
+        if self.path.is_empty() {
+            return true;
+        }
+        let repo = image.repository();
+        repo == self.path
+            || repo
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.registry)
+        } else {
+            write!(f, "{}/{}", self.registry, self.path)
+        }
+    }
+}
+
+impl Registries {
+    /// Checks and normalises the allowed prefixes after parsing.
+    pub fn validate(&mut self) -> Result<(), String> {
+        if self.allowed.is_empty() {
+            return Err("params.allowed: list at least one registry or repository prefix".into());
+        }
+        self.prefixes = self
+            .allowed
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Prefix::parse(a).map_err(|e| format!("params.allowed[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        // The reference parser compiles its (large) grammar regex on first use: about 47 ms in
+        // a release build, against about 3 µs per image afterwards. Pay it at load, not on the
+        // first admission.
+        let _ = Reference::try_from("docker.io/library/busybox:latest");
+        Ok(())
+    }
+
+    /// Why `image` is not acceptable, or `None` when it is.
+    fn judge(&self, image: &str) -> Option<String> {
+        let reference = match Reference::try_from(image) {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(format!(
+                    "image `{image}` is not a valid image reference ({e})"
+                ));
+            }
+        };
+        if !self.prefixes.iter().any(|p| p.allows(&reference)) {
+            return Some(format!(
+                "image `{image}` ({}/{}) is not from an allowed registry",
+                reference.registry(),
+                reference.repository()
+            ));
+        }
+        if self.require_digest && reference.digest().is_none() {
+            return Some(format!(
+                "image `{image}` is not pinned by digest (@sha256:…)"
+            ));
+        }
+        None
+    }
+
+    /// Evaluates every container image of the request's Pod or pod template.
+    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
+        let Some(template) = PodTemplate::of_request(req) else {
+            return Outcome::Pass;
+        };
+        let mut problems = Vec::new();
+        for c in template.containers() {
+            let problem = match c.image() {
+                Some(image) => self.judge(image),
+                None => Some("has no image".to_owned()),
+            };
+            if let Some(p) = problem {
+                problems.push(format!("{} {p}", c.label()));
+            }
+        }
+        if problems.is_empty() {
+            return Outcome::Pass;
+        }
+        let allowed: Vec<String> = self.prefixes.iter().map(ToString::to_string).collect();
+        let digest = if self.require_digest {
+            ", pinned by digest"
+        } else {
+            ""
+        };
+        Outcome::Violation(format!(
+            "{}: {}; policy {policy} allows images only from {}{digest}",
+            describe_object(req),
+            join_and(&problems),
+            allowed.join(", "),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::podspec::tests::{create, cronjob, deployment, pod};
+    use rstest::rstest;
+    use serde_json::json;
+
+    const DIGEST: &str = "sha256:4b7ce07a7c0f1e3ef2f39b36ad4e8a5c4a2b3b8b8e1e1f5f6a7b8c9d0e1f2a3b";
+
+    fn policy(allowed: &[&str], require_digest: bool) -> Registries {
+        let mut r = Registries {
+            allowed: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            require_digest,
+            prefixes: Vec::new(),
+        };
+        r.validate().unwrap();
+        r
+    }
+
+    fn pod_with_image(image: &str) -> serde_json::Value {
+        pod(json!({"containers": [{"name": "app", "image": image}]}))
+    }
+
+    #[rstest]
+    #[case::exact_host("myregistry.io/app:1.2", true)]
+    #[case::nested_path("myregistry.io/team/app/api:1.2", true)]
+    #[case::host_uppercase("MyRegistry.IO/app:1.2", true)]
+    #[case::look_alike_suffix_host("myregistry.io.evil.com/app:1.2", false)]
+    #[case::look_alike_prefix_host("evilmyregistry.io/app", false)]
+    #[case::subdomain("eu.myregistry.io/app", false)]
+    #[case::other_port("myregistry.io:5000/app", false)]
+    #[case::allowed_port("registry.internal:5000/tools/kubectl:1.33", true)]
+    #[case::allowed_port_wrong_host("registry.internal.evil:5000/tools/kubectl", false)]
+    #[case::port_prefix_only_with_port("registry.internal/tools/kubectl", false)]
+    #[case::repo_prefix("ghcr.io/acme/web:2", true)]
+    #[case::repo_prefix_exact("ghcr.io/acme:2", true)]
+    #[case::repo_prefix_look_alike("ghcr.io/acme-evil/web:2", false)]
+    #[case::repo_prefix_other_org("ghcr.io/other/web", false)]
+    #[case::short_official("nginx", true)]
+    #[case::short_official_tag("alpine:3.9.1", true)]
+    #[case::short_official_digest(&format!("nginx@{DIGEST}"), true)]
+    #[case::explicit_library("docker.io/library/nginx:1.27", true)]
+    #[case::legacy_index_host("index.docker.io/library/nginx", true)]
+    #[case::hub_user_repo("someone/nginx:1", false)]
+    #[case::hub_user_repo_explicit("docker.io/someone/nginx", false)]
+    #[case::tag_and_digest(&format!("myregistry.io/app:1.2@{DIGEST}"), true)]
+    #[case::localhost("localhost/app", false)]
+    #[case::invalid_uppercase_repo("myregistry.io/App", false)]
+    #[case::invalid_short_digest("myregistry.io/app@sha256:abc", false)]
+    #[case::empty("", false)]
+    fn images_are_matched_on_the_parsed_reference(#[case] image: &str, #[case] ok: bool) {
+        let p = policy(
+            &[
+                "myregistry.io",
+                "registry.internal:5000",
+                "ghcr.io/acme",
+                "docker.io/library",
+            ],
+            false,
+        );
+        let got = p.evaluate("approved-registries", &create(pod_with_image(image)));
+        assert_eq!(got == Outcome::Pass, ok, "{image}: {got:?}");
+    }
+
+    #[test]
+    fn messages_name_every_offending_container_of_a_deployment() {
+        let p = policy(&["myregistry.io", "docker.io/library"], false);
+        let d = deployment(json!({
+            "initContainers": [{"name": "migrate", "image": "myregistry.io.evil.com/migrate:1"}],
+            "containers": [
+                {"name": "web", "image": "myregistry.io/web:2"},
+                {"name": "proxy", "image": "envoyproxy/envoy:v1.31"},
+            ],
+        }));
+        assert_eq!(
+            p.evaluate("approved-registries", &create(d)),
+            Outcome::Violation(
+                "Deployment app-ns/web: initContainer migrate image `myregistry.io.evil.com/migrate:1` \
+                 (myregistry.io.evil.com/migrate) is not from an allowed registry and container proxy \
+                 image `envoyproxy/envoy:v1.31` (docker.io/envoyproxy/envoy) is not from an allowed \
+                 registry; policy approved-registries allows images only from myregistry.io, docker.io/library"
+                    .into()
+            )
+        );
+    }
+
+    #[rstest]
+    #[case::cronjob_ok(cronjob(json!({"containers": [{"name": "job", "image": "myregistry.io/job:1"}]})), None)]
+    #[case::cronjob_bad(
+        cronjob(json!({"containers": [{"name": "job", "image": "busybox"}]})),
+        Some("CronJob app-ns/nightly: container job image `busybox` (docker.io/library/busybox) is not from an allowed registry; policy only-mine allows images only from myregistry.io")
+    )]
+    #[case::ephemeral_debugger(
+        pod(json!({"containers": [{"name": "app", "image": "myregistry.io/app:1"}],
+                   "ephemeralContainers": [{"name": "debugger", "image": "busybox:1.36"}]})),
+        Some("Pod app-ns/web: ephemeralContainer debugger image `busybox:1.36` (docker.io/library/busybox) is not from an allowed registry; policy only-mine allows images only from myregistry.io")
+    )]
+    #[case::init_container(
+        pod(json!({"containers": [{"name": "app", "image": "myregistry.io/app:1"}],
+                   "initContainers": [{"name": "init", "image": "myregistry.io:443/init"}]})),
+        Some("Pod app-ns/web: initContainer init image `myregistry.io:443/init` (myregistry.io:443/init) is not from an allowed registry; policy only-mine allows images only from myregistry.io")
+    )]
+    #[case::no_image(
+        pod(json!({"containers": [{"name": "app"}]})),
+        Some("Pod app-ns/web: container app has no image; policy only-mine allows images only from myregistry.io")
+    )]
+    fn pods_cronjobs_init_and_ephemeral_containers(
+        #[case] obj: serde_json::Value,
+        #[case] expected: Option<&str>,
+    ) {
+        let p = policy(&["myregistry.io"], false);
+        let got = p.evaluate("only-mine", &create(obj));
+        match expected {
+            Some(m) => assert_eq!(got, Outcome::Violation(m.into())),
+            None => assert_eq!(got, Outcome::Pass),
+        }
+    }
+
+    #[rstest]
+    #[case(&format!("myregistry.io/app@{DIGEST}"), true)]
+    #[case(&format!("myregistry.io/app:1.2@{DIGEST}"), true)]
+    #[case("myregistry.io/app:1.2", false)]
+    #[case("myregistry.io/app", false)]
+    fn digests_can_be_required(#[case] image: &str, #[case] ok: bool) {
+        let p = policy(&["myregistry.io"], true);
+        let got = p.evaluate("pinned", &create(pod_with_image(image)));
+        if ok {
+            assert_eq!(got, Outcome::Pass);
+        } else {
+            assert_eq!(
+                got,
+                Outcome::Violation(format!(
+                    "Pod app-ns/web: container app image `{image}` is not pinned by digest (@sha256:…); \
+                     policy pinned allows images only from myregistry.io, pinned by digest"
+                ))
+            );
+        }
+    }
+
+    #[rstest]
+    #[case(&[], "params.allowed: list at least one")]
+    #[case(&["nginx"], "params.allowed[0]: `nginx` does not start with a registry host")]
+    #[case(&["library/nginx"], "for Docker Hub write docker.io/library/nginx")]
+    #[case(&["myregistry.io", "*.azurecr.io"], "params.allowed[1]: `*.azurecr.io` must be a registry host")]
+    #[case(&["https://myregistry.io"], "no scheme")]
+    #[case(&["myregistry.io:http"], "invalid registry host")]
+    #[case(&["my_registry.io"], "invalid registry host")]
+    #[case(&["myregistry.io//app"], "empty path segment")]
+    #[case(&["myregistry.io/Team"], "lower case")]
+    fn bad_prefixes_are_named(#[case] allowed: &[&str], #[case] expected: &str) {
+        let mut r = Registries {
+            allowed: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            require_digest: false,
+            prefixes: Vec::new(),
+        };
+        let err = r.validate().unwrap_err();
+        assert!(err.contains(expected), "{err}");
+    }
+
+    #[test]
+    fn prefixes_normalise() {
+        assert_eq!(
+            Prefix::parse("Index.Docker.IO/library/").unwrap(),
+            Prefix {
+                registry: "docker.io".into(),
+                path: "library".into()
+            }
+        );
+        assert_eq!(
+            Prefix::parse("localhost:5000").unwrap().to_string(),
+            "localhost:5000"
+        );
+    }
+
+    #[test]
+    fn delete_and_objects_without_pods_pass() {
+        let p = policy(&["myregistry.io"], true);
+        let svc =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {}});
+        assert_eq!(p.evaluate("x", &create(svc)), Outcome::Pass);
+    }
+}
