@@ -27,6 +27,9 @@ const KNOWN_KEYS: &[&str] = &[
     "excluded_namespaces",
     "log_format",
     "limits",
+    "database_url",
+    "database_timeout",
+    "token_admin",
 ];
 
 /// Log output format.
@@ -63,6 +66,30 @@ impl Default for Limits {
     }
 }
 
+/// The optional HTTPS endpoint that issues one-time tokens (for pipelines). Off unless
+/// `listen` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenAdmin {
+    /// Its own TLS listener (same certificate as the webhook); unset: off.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer key callers must present (at least 32 characters).
+    pub key_file: Option<PathBuf>,
+    /// Longest `ttl` a caller may ask for.
+    #[serde(with = "humantime_secs")]
+    pub max_ttl: Duration,
+}
+
+impl Default for TokenAdmin {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            key_file: None,
+            max_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// The typed configuration every subcommand works from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,6 +114,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Request and connection limits.
     pub limits: Limits,
+    /// The one-time token store: `postgres://…` for several replicas, `sqlite:PATH`; unset:
+    /// `tokens.db` in `data_dir`. Opened only when a `one-time-token` policy is loaded.
+    pub database_url: Option<crate::store::DatabaseUrl>,
+    /// Deadline for one token store operation; past it the store counts as unavailable.
+    #[serde(with = "humantime_secs")]
+    pub database_timeout: Duration,
+    /// The token-issuing endpoint for pipelines.
+    pub token_admin: TokenAdmin,
 }
 
 impl Default for Config {
@@ -101,6 +136,9 @@ impl Default for Config {
             excluded_namespaces: vec!["kube-system".to_owned()],
             log_format: LogFormat::Text,
             limits: Limits::default(),
+            database_url: None,
+            database_timeout: Duration::from_secs(2),
+            token_admin: TokenAdmin::default(),
         }
     }
 }
@@ -209,6 +247,30 @@ impl Config {
                     "excluded_namespaces holds an empty name".into(),
                 ));
             }
+        }
+        if let Some(url) = &self.database_url {
+            url.backend()
+                .map_err(|m| ConfigError(format!("database_url: {m}")))?;
+        }
+        if self.database_timeout.is_zero() {
+            return Err(ConfigError("database_timeout must be more than 0s".into()));
+        }
+        if let Some(addr) = self.token_admin.listen {
+            if self.token_admin.key_file.is_none() {
+                return Err(ConfigError(
+                    "token_admin.listen is set but token_admin.key_file is not: the endpoint needs a bearer key".into(),
+                ));
+            }
+            if addr.port() != 0 && (addr == self.listen || addr == self.health_listen) {
+                return Err(ConfigError(format!(
+                    "token_admin.listen is {addr}, already used by another listener: it needs its own"
+                )));
+            }
+        }
+        if self.token_admin.max_ttl.as_secs() == 0 {
+            return Err(ConfigError(
+                "token_admin.max_ttl must be at least 1s".into(),
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 

@@ -5,6 +5,7 @@
 //! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
 
 pub mod matching;
+pub mod one_time_token;
 pub mod replicas;
 
 use std::collections::HashMap;
@@ -65,25 +66,40 @@ pub struct EvalOptions {
     pub offline: bool,
 }
 
+/// What loading policies may hand to the kinds that need more than their params.
+#[derive(Debug, Clone, Default)]
+pub struct LoadContext {
+    /// Where `one-time-token` policies find the token store (opened after loading, only if
+    /// such a policy was loaded). The default has no store settings: such policies still load,
+    /// are `Skipped` offline and deny with "token store unavailable" otherwise.
+    pub token_store: crate::store::TokenStoreSlot,
+}
+
 /// A built-in policy kind with its parameters.
 #[derive(Debug, Clone)]
 pub enum Kind {
     /// Minimum/maximum replica count.
     Replicas(replicas::Replicas),
+    /// A one-time token in an annotation, consumed on admission.
+    OneTimeToken(one_time_token::OneTimeToken),
 }
 
 /// Names of the built-in kinds, for error messages.
-pub const KINDS: &[&str] = &["replicas"];
+pub const KINDS: &[&str] = &["replicas", "one-time-token"];
 
 impl Kind {
     /// Parses `params` for `kind`; the error names the parameter.
-    fn parse(kind: &str, params: serde_yaml::Value) -> Result<Self, String> {
+    fn parse(kind: &str, params: serde_yaml::Value, ctx: &LoadContext) -> Result<Self, String> {
         match kind {
             "replicas" => {
                 let p: replicas::Replicas = typed_params(params)?;
                 p.validate()?;
                 Ok(Kind::Replicas(p))
             }
+            "one-time-token" => Ok(Kind::OneTimeToken(one_time_token::OneTimeToken::new(
+                typed_params(params)?,
+                ctx.token_store.want(),
+            )?)),
             other => Err(format!(
                 "kind: unknown kind `{other}` (known kinds: {})",
                 KINDS.join(", ")
@@ -95,6 +111,7 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Replicas(_) => "replicas",
+            Kind::OneTimeToken(_) => "one-time-token",
         }
     }
 
@@ -102,10 +119,11 @@ impl Kind {
         &self,
         policy: &str,
         req: &AdmissionRequest<DynamicObject>,
-        _opts: &EvalOptions,
+        opts: &EvalOptions,
     ) -> Outcome {
         match self {
             Kind::Replicas(p) => p.evaluate(policy, req),
+            Kind::OneTimeToken(p) => p.evaluate(policy, req, opts).await,
         }
     }
 }
@@ -189,6 +207,15 @@ struct Document {
 
 /// Parses one policy file's text; `source` names it in errors.
 pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError> {
+    parse_policies_with(text, source, &LoadContext::default())
+}
+
+/// [`parse_policies`] with a [`LoadContext`] for kinds that need one.
+pub fn parse_policies_with(
+    text: &str,
+    source: &str,
+    ctx: &LoadContext,
+) -> Result<Vec<Policy>, LoadError> {
     let root: serde_yaml::Value = serde_yaml::from_str(text)
         .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
     let items = match root {
@@ -223,7 +250,7 @@ pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError
         })?;
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
-        let kind = Kind::parse(&raw.kind, raw.params).map_err(&fail)?;
+        let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
         out.push(Policy {
             name: raw.name,
             action: raw.action,
@@ -286,15 +313,23 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// Loads policies from a file or directory, or the embedded defaults when `path` is `None`.
 pub fn load_policies(path: Option<&Path>) -> Result<Vec<Policy>, LoadError> {
+    load_policies_with(path, &LoadContext::default())
+}
+
+/// [`load_policies`] with a [`LoadContext`] for kinds that need one.
+pub fn load_policies_with(
+    path: Option<&Path>,
+    ctx: &LoadContext,
+) -> Result<Vec<Policy>, LoadError> {
     let Some(path) = path else {
-        return parse_policies(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME);
+        return parse_policies_with(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME, ctx);
     };
     let mut all: Vec<Policy> = Vec::new();
     for file in policy_files(path)? {
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(&file)
             .map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
-        all.extend(parse_policies(&text, &shown)?);
+        all.extend(parse_policies_with(&text, &shown, ctx)?);
     }
     Ok(all)
 }
@@ -392,6 +427,15 @@ impl PolicySet {
     /// Loads from a path (or the embedded defaults) with the given excluded namespaces.
     pub fn load(path: Option<&Path>, excluded_namespaces: Vec<String>) -> Result<Self, LoadError> {
         Self::new(load_policies(path)?, excluded_namespaces)
+    }
+
+    /// [`PolicySet::load`] with a [`LoadContext`] for kinds that need one.
+    pub fn load_with(
+        path: Option<&Path>,
+        excluded_namespaces: Vec<String>,
+        ctx: &LoadContext,
+    ) -> Result<Self, LoadError> {
+        Self::new(load_policies_with(path, ctx)?, excluded_namespaces)
     }
 
     /// The policies, in file order.
