@@ -15,6 +15,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod token_admin;
 
 pub use config::Config;
 pub use policy::PolicySet;

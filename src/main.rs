@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gatehouse::{Config, PolicySet, commands, telemetry};
+use gatehouse::{Config, commands, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,12 @@ enum Command {
     Review {
         /// The review file; `-` or nothing reads stdin.
         file: Option<PathBuf>,
+    },
+    /// Issue, list, revoke and prune one-time deployment tokens (in the store named by
+    /// `database_url`, by default SQLite in the data directory).
+    Tokens {
+        #[command(subcommand)]
+        command: commands::tokens::TokensCommand,
     },
 }
 
@@ -67,17 +73,17 @@ fn main() -> ExitCode {
                 }
             },
             Command::Review { file } => {
-                let policies = match PolicySet::load(
-                    config.policies.as_deref(),
-                    config.excluded_namespaces.clone(),
-                ) {
-                    Ok(p) => p,
+                let policies = match commands::load_policies(&config).await {
+                    Ok((p, _)) => p,
                     Err(e) => {
-                        eprintln!("gatehouse: {e}");
+                        eprintln!("gatehouse: {e:#}");
                         return ExitCode::from(commands::review::EXIT_UNUSABLE);
                     }
                 };
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
+            }
+            Command::Tokens { command } => {
+                ExitCode::from(commands::tokens::run(&config, command).await)
             }
         }
     })

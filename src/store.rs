@@ -223,19 +223,35 @@ pub struct TokenRecord {
     /// The public id (for `tokens list` and `tokens revoke`).
     pub id: i64,
     /// When it was issued (Unix seconds).
+    #[serde(serialize_with = "ser_time")]
     pub created_at: i64,
     /// When it stops being valid (Unix seconds).
+    #[serde(serialize_with = "ser_time")]
     pub expires_at: i64,
     /// The only namespace it is valid in; `None`: any namespace.
     pub namespace: Option<String>,
     /// Free text given when it was issued.
     pub note: String,
     /// When it was consumed (Unix seconds).
+    #[serde(serialize_with = "ser_opt_time")]
     pub used_at: Option<i64>,
     /// Who consumed it.
     pub used_by: Option<UsedBy>,
     /// When it was revoked (Unix seconds).
+    #[serde(serialize_with = "ser_opt_time")]
     pub revoked_at: Option<i64>,
+}
+
+/// Times in JSON output are RFC 3339 UTC strings.
+fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}
+
+fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_time(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 impl TokenRecord {
@@ -322,6 +338,7 @@ pub struct IssuedToken {
     /// The value to put in the annotation.
     pub token: String,
     /// Unix seconds.
+    #[serde(serialize_with = "ser_time")]
     pub expires_at: i64,
     /// Namespace scope.
     pub namespace: Option<String>,
