@@ -530,6 +530,68 @@ mod tests {
     }
 
     #[test]
+    fn token_store_and_endpoint_settings() {
+        let (c, report) = Config::load_from(
+            None,
+            env(&[
+                (
+                    "GATEHOUSE_DATABASE_URL",
+                    "postgres://gh:pw@db.example:5432/gh?sslmode=require",
+                ),
+                ("GATEHOUSE_DATABASE_TIMEOUT", "500ms"),
+                ("GATEHOUSE_TOKEN_ADMIN__LISTEN", "0.0.0.0:8444"),
+                (
+                    "GATEHOUSE_TOKEN_ADMIN__KEY_FILE",
+                    "/etc/gatehouse/admin/key",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(report.ignored_env.is_empty(), "{:?}", report.ignored_env);
+        let url = c.database_url.as_ref().unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://gh:pw@db.example:5432/gh?sslmode=require"
+        );
+        assert!(!format!("{c:?}").contains(":pw@"), "no password in Debug");
+        assert_eq!(c.database_timeout, Duration::from_millis(500));
+        assert_eq!(c.token_admin.listen, Some("0.0.0.0:8444".parse().unwrap()));
+        assert_eq!(c.token_admin.max_ttl, Duration::from_secs(86_400));
+
+        for (vars, expected) in [
+            (
+                &[("GATEHOUSE_DATABASE_URL", "mysql://db/gh")][..],
+                "database_url: `mysql://db/gh` is not a postgres://",
+            ),
+            (
+                &[("GATEHOUSE_DATABASE_TIMEOUT", "0s")][..],
+                "database_timeout must be more than 0s",
+            ),
+            (
+                &[("GATEHOUSE_TOKEN_ADMIN__LISTEN", "127.0.0.1:8444")][..],
+                "token_admin.key_file is not",
+            ),
+            (
+                &[
+                    ("GATEHOUSE_TOKEN_ADMIN__LISTEN", "127.0.0.1:8443"),
+                    ("GATEHOUSE_TOKEN_ADMIN__KEY_FILE", "/k"),
+                ][..],
+                "token_admin.listen is 127.0.0.1:8443, already used",
+            ),
+            (
+                &[("GATEHOUSE_TOKEN_ADMIN__LISTN", "x")][..],
+                "token_admin.listn",
+            ),
+        ] {
+            let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_duration_is_an_error() {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("10y").is_err());

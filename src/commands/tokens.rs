@@ -107,7 +107,7 @@ async fn execute(tokens: &Tokens, command: TokensCommand) -> Result<u8, String> 
             }
             let ids: Vec<String> = issued.iter().map(|t| format!("#{}", t.id)).collect();
             eprintln!(
-                "issued {} ({}), valid until {} in {}; the value is shown only now",
+                "issued {} ({}), valid until {} in {}; tokens are shown only this once",
                 if issued.len() == 1 {
                     "1 token".to_owned()
                 } else {

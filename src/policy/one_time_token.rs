@@ -387,6 +387,41 @@ mod tests {
         assert!(serde_yaml::from_str::<Params>("{onStoreError: maybe}").is_err());
     }
 
+    #[test]
+    fn the_example_policy_file_loads_and_asks_for_the_store() {
+        let ctx = crate::policy::LoadContext::default();
+        let text = include_str!("../../policies/examples/one-time-token.yaml");
+        let policies =
+            crate::policy::parse_policies_with(text, "one-time-token.yaml", &ctx).unwrap();
+        assert_eq!(policies.len(), 1);
+        assert_eq!(policies[0].kind.name(), "one-time-token");
+        assert!(ctx.token_store.wanted());
+        // The embedded defaults do not use the kind, so the store is not opened for them.
+        let ctx = crate::policy::LoadContext::default();
+        crate::policy::load_policies_with(None, &ctx).unwrap();
+        assert!(!ctx.token_store.wanted());
+    }
+
+    #[test]
+    fn bad_params_name_the_field() {
+        let text = "- name: t\n  kind: one-time-token\n  match: {resources: [deployments]}\n  params: {annotation: 'bad key'}\n";
+        let err = crate::policy::parse_policies(text, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policy \"t\": params.annotation: `bad key` is not an annotation key"),
+            "{err}"
+        );
+        let text = "- name: t\n  kind: one-time-token\n  match: {resources: [deployments]}\n  params: {onStoreError: open}\n";
+        let err = crate::policy::parse_policies(text, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("params.onStoreError: unknown variant `open`"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn offline_is_skipped_without_touching_the_store() {
         let store = Arc::new(DownStore::default());

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Row as _, SqlSafeStr as _};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Row as _, SqlSafeStr as _};
 
 use super::{
     DatabaseUrl, NewToken, StoreError, TokenHash, TokenRecord, TokenStore, UsedBy, record_from_row,
@@ -29,6 +29,15 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::Config(format!("database_url `{url}`: {e}")))?;
         let options = options.application_name("gatehouse");
+        // One direct connection first: a pool only reports "timed out", this names the cause
+        // (connection refused, authentication failed, no such database).
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(StoreError::Timeout(timeout)),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(timeout)

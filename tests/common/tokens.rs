@@ -20,7 +20,10 @@ pub fn pg_url_or_skip(test: &str) -> Option<String> {
     match std::env::var(PG_ENV) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            eprintln!("SKIPPED {test}: {PG_ENV} not set");
+            // Straight to the process's stderr, past the test harness's output capture, so a
+            // plain `cargo test` shows which tests did not run.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {PG_ENV} not set");
             None
         }
     }
