@@ -115,6 +115,26 @@ impl Kind {
         }
     }
 
+    /// Whether admitting a request has a side effect (a one-time token is consumed).
+    fn consumes(&self) -> bool {
+        matches!(self, Kind::OneTimeToken(_))
+    }
+
+    /// [`Kind::evaluate`], except that a kind with a side effect only checks when
+    /// `may_consume` is false (the request is denied anyway).
+    async fn evaluate_in(
+        &self,
+        policy: &str,
+        req: &AdmissionRequest<DynamicObject>,
+        opts: &EvalOptions,
+        may_consume: bool,
+    ) -> Outcome {
+        match self {
+            Kind::OneTimeToken(p) => p.evaluate_with(policy, req, opts, may_consume).await,
+            _ => self.evaluate(policy, req, opts).await,
+        }
+    }
+
     async fn evaluate(
         &self,
         policy: &str,
@@ -464,7 +484,11 @@ impl PolicySet {
             decision.excluded = true;
             return decision;
         }
-        for policy in &self.policies {
+        // Kinds with a side effect on admission (a one-time token is consumed) run last, and
+        // only check when another policy has already denied the request.
+        let plain = self.policies.iter().filter(|p| !p.kind.consumes());
+        let consuming = self.policies.iter().filter(|p| p.kind.consumes());
+        for policy in plain.chain(consuming) {
             if !policy.matcher.matches(req) {
                 continue;
             }
@@ -473,7 +497,12 @@ impl PolicySet {
                 policy: policy.name.clone(),
                 message,
             };
-            match policy.kind.evaluate(&policy.name, req, opts).await {
+            let may_consume = decision.denials.is_empty();
+            match policy
+                .kind
+                .evaluate_in(&policy.name, req, opts, may_consume)
+                .await
+            {
                 Outcome::Pass => {}
                 Outcome::Skipped(message) => decision.skipped.push(finding(message)),
                 Outcome::Violation(message) => match policy.action {

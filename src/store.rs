@@ -652,7 +652,7 @@ pub fn is_dns_label(s: &str) -> bool {
 /// Labels: what a token check found.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenResultLabels {
-    /// `consumed`, `valid_dry_run`, `missing`, `unknown`, `used`, `revoked`, `expired`,
+    /// `consumed`, `valid_not_consumed` (dryRun, or denied by another policy), `missing`, `unknown`, `used`, `revoked`, `expired`,
     /// `wrong_namespace`, `store_unavailable`, `skipped_offline`.
     pub result: String,
 }

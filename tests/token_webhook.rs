@@ -137,6 +137,25 @@ async fn flow(s: TestStore) {
         "{msg}"
     );
 
+    // Denied by another policy: the token is checked, not spent.
+    let (spare_id, spare) = issue(&tokens, Some("app-ns")).await;
+    let denied = common::example_review("create-2-replicas", |v| {
+        v["request"]["object"]["metadata"]["annotations"] =
+            serde_json::json!({"gatehouse.dev/token": spare});
+    });
+    let (_, body) = server.post(denied).await;
+    assert_eq!(
+        message(&body),
+        "Deployment app-ns/alpine-deploy asks for 2 replicas; policy min-replicas requires at least 3"
+    );
+    assert_eq!(
+        tokens
+            .check(&spare, Some("app-ns"), store::now_unix())
+            .await
+            .unwrap(),
+        Verdict::Accepted { id: spare_id }
+    );
+
     // dryRun checks without consuming: twice admitted, the token still unused, then usable.
     let (dry_id, dry) = issue(&tokens, None).await;
     for uid in ["d-1", "d-2"] {
@@ -176,7 +195,7 @@ async fn flow(s: TestStore) {
         "gatehouse_token_checks_total{result=\"missing\"} 1",
         "gatehouse_token_checks_total{result=\"consumed\"} 2",
         "gatehouse_token_checks_total{result=\"used\"} 2",
-        "gatehouse_token_checks_total{result=\"valid_dry_run\"} 2",
+        "gatehouse_token_checks_total{result=\"valid_not_consumed\"} 3",
         "gatehouse_token_checks_total{result=\"wrong_namespace\"} 1",
         "gatehouse_token_store_errors_total 0",
     ] {

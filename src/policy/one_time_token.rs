@@ -78,6 +78,18 @@ impl OneTimeToken {
         req: &AdmissionRequest<DynamicObject>,
         opts: &EvalOptions,
     ) -> Outcome {
+        self.evaluate_with(policy, req, opts, true).await
+    }
+
+    /// Checks the request's token, and consumes it when `may_consume` (another policy has not
+    /// denied the request) and the request is not a `dryRun`.
+    pub async fn evaluate_with(
+        &self,
+        policy: &str,
+        req: &AdmissionRequest<DynamicObject>,
+        opts: &EvalOptions,
+        may_consume: bool,
+    ) -> Outcome {
         if !matches!(req.operation, Operation::Create | Operation::Update) {
             return Outcome::Pass;
         }
@@ -121,7 +133,8 @@ impl OneTimeToken {
         };
         let namespace = req.namespace.as_deref().filter(|n| !n.is_empty());
         let now = store::now_unix();
-        let result = if req.dry_run {
+        let consume = may_consume && !req.dry_run;
+        let result = if !consume {
             tokens.check(token, namespace, now).await
         } else {
             let ns = namespace.unwrap_or("");
@@ -144,12 +157,12 @@ impl OneTimeToken {
                 self.unavailable(policy, req)
             }
             Ok(Verdict::Accepted { id }) => {
-                metrics.count(if req.dry_run {
-                    "valid_dry_run"
-                } else {
+                metrics.count(if consume {
                     "consumed"
+                } else {
+                    "valid_not_consumed"
                 });
-                tracing::info!(policy, uid = %req.uid, token_id = id, dry_run = req.dry_run, "one-time token accepted");
+                tracing::info!(policy, uid = %req.uid, token_id = id, consumed = consume, dry_run = req.dry_run, "one-time token accepted");
                 Outcome::Pass
             }
             Ok(verdict) => {

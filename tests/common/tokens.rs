@@ -255,13 +255,14 @@ pub fn review_with_token(uid: &str, token: Option<&str>, dry_run: bool) -> Vec<u
     })
 }
 
-/// Policies: `min-replicas` plus a `one-time-token` policy on Deployments.
+/// Policies: a `one-time-token` policy on Deployments plus `min-replicas` (listed second;
+/// the token policy still runs last).
 pub const TOKEN_POLICIES: &str = "
+- name: deploy-token
+  kind: one-time-token
+  match: {resources: [apps/deployments], operations: [CREATE, UPDATE]}
 - name: min-replicas
   kind: replicas
   match: {resources: [apps/deployments, apps/deployments/scale]}
   params: {min: 3}
-- name: deploy-token
-  kind: one-time-token
-  match: {resources: [apps/deployments], operations: [CREATE, UPDATE]}
 ";
