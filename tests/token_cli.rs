@@ -284,7 +284,9 @@ async fn serve_with_token_endpoint_end_to_end() {
         if let Some(rest) = line.strip_prefix("Token endpoint: ") {
             endpoint = Some(rest.replace("localhost", "127.0.0.1"));
         }
-        if line.starts_with("Try it") {
+        // The curl line is the last one `serve` prints: stop reading there (stdout closing
+        // while it still prints would end the process).
+        if line.trim_start().starts_with("curl ") {
             break;
         }
     }

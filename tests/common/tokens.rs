@@ -29,12 +29,14 @@ pub fn pg_url_or_skip(test: &str) -> Option<String> {
     }
 }
 
-/// A schema made for one test; dropped by [`PgSchema::drop_schema`].
+/// A schema made for one test; dropped by [`PgSchema::drop_schema`], or when dropped (also
+/// when the test panics).
 pub struct PgSchema {
     /// The server URL with `search_path` set to the schema.
     pub url: String,
     base: String,
     schema: String,
+    dropped: bool,
 }
 
 fn random_hex(n: usize) -> String {
@@ -79,6 +81,7 @@ impl PgSchema {
             url: with_search_path(&base, &schema),
             base,
             schema,
+            dropped: false,
         })
     }
 
@@ -95,16 +98,39 @@ impl PgSchema {
     }
 
     /// Drops the schema and everything in it.
-    pub async fn drop_schema(self) {
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.base).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            )))
-            .execute(&mut conn)
-            .await;
-            let _ = conn.close().await;
+    pub async fn drop_schema(mut self) {
+        drop_schema(&self.base, &self.schema).await;
+        self.dropped = true;
+    }
+}
+
+async fn drop_schema(base: &str, schema: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await;
+        let _ = conn.close().await;
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
         }
+        // Not dropped explicitly (the test failed): clean up on a runtime of its own.
+        let (base, schema) = (self.base.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_schema(&base, &schema));
+            }
+        })
+        .join();
     }
 }
 
