@@ -106,7 +106,7 @@ pub struct Config {
     /// A policy file or a directory of `*.yaml`/`*.yml` policy files. Unset: the embedded
     /// `policies/default.yaml`.
     pub policies: Option<PathBuf>,
-    /// Where generated development certificates (and later the SQLite token store) live.
+    /// Where generated development certificates and the default SQLite token store (`tokens.db`) live.
     pub data_dir: PathBuf,
     /// Namespaces no policy ever applies to.
     pub excluded_namespaces: Vec<String>,

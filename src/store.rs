@@ -391,7 +391,7 @@ impl Verdict {
 }
 
 /// Judges a stored token (or its absence) for a request in `namespace` at `now`.
-pub fn classify(record: Option<TokenRecord>, namespace: Option<&str>, now: i64) -> Verdict {
+pub(crate) fn classify(record: Option<TokenRecord>, namespace: Option<&str>, now: i64) -> Verdict {
     let Some(r) = record else {
         return Verdict::Unknown;
     };
@@ -640,7 +640,7 @@ pub fn format_time(unix: i64) -> String {
 }
 
 /// A Kubernetes namespace name: a DNS label.
-pub fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
