@@ -28,6 +28,9 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "limits",
     "reload_interval",
+    "database_url",
+    "database_timeout",
+    "token_admin",
 ];
 
 /// Log output format.
@@ -64,6 +67,30 @@ impl Default for Limits {
     }
 }
 
+/// The optional HTTPS endpoint that issues one-time tokens (for pipelines). Off unless
+/// `listen` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenAdmin {
+    /// Its own TLS listener (same certificate as the webhook); unset: off.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer key callers must present (at least 32 characters).
+    pub key_file: Option<PathBuf>,
+    /// Longest `ttl` a caller may ask for.
+    #[serde(with = "humantime_secs")]
+    pub max_ttl: Duration,
+}
+
+impl Default for TokenAdmin {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            key_file: None,
+            max_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// The typed configuration every subcommand works from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,7 +107,7 @@ pub struct Config {
     /// A policy file or a directory of `*.yaml`/`*.yml` policy files. Unset: the embedded
     /// `policies/default.yaml`.
     pub policies: Option<PathBuf>,
-    /// Where generated development certificates (and later the SQLite token store) live.
+    /// Where generated development certificates and the default SQLite token store (`tokens.db`) live.
     pub data_dir: PathBuf,
     /// Namespaces no policy ever applies to.
     pub excluded_namespaces: Vec<String>,
@@ -92,6 +119,14 @@ pub struct Config {
     /// ConfigMap update); `0s` turns live reload off.
     #[serde(with = "humantime_secs")]
     pub reload_interval: Duration,
+    /// The one-time token store: `postgres://…` for several replicas, `sqlite:PATH`; unset:
+    /// `tokens.db` in `data_dir`. Opened only when a `one-time-token` policy is loaded.
+    pub database_url: Option<crate::store::DatabaseUrl>,
+    /// Deadline for one token store operation; past it the store counts as unavailable.
+    #[serde(with = "humantime_secs")]
+    pub database_timeout: Duration,
+    /// The token-issuing endpoint for pipelines.
+    pub token_admin: TokenAdmin,
 }
 
 impl Default for Config {
@@ -107,6 +142,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             reload_interval: Duration::from_secs(5),
+            database_url: None,
+            database_timeout: Duration::from_secs(2),
+            token_admin: TokenAdmin::default(),
         }
     }
 }
@@ -215,6 +253,30 @@ impl Config {
                     "excluded_namespaces holds an empty name".into(),
                 ));
             }
+        }
+        if let Some(url) = &self.database_url {
+            url.backend()
+                .map_err(|m| ConfigError(format!("database_url: {m}")))?;
+        }
+        if self.database_timeout.is_zero() {
+            return Err(ConfigError("database_timeout must be more than 0s".into()));
+        }
+        if let Some(addr) = self.token_admin.listen {
+            if self.token_admin.key_file.is_none() {
+                return Err(ConfigError(
+                    "token_admin.listen is set but token_admin.key_file is not: the endpoint needs a bearer key".into(),
+                ));
+            }
+            if addr.port() != 0 && (addr == self.listen || addr == self.health_listen) {
+                return Err(ConfigError(format!(
+                    "token_admin.listen is {addr}, already used by another listener: it needs its own"
+                )));
+            }
+        }
+        if self.token_admin.max_ttl.as_secs() == 0 {
+            return Err(ConfigError(
+                "token_admin.max_ttl must be at least 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -471,6 +533,68 @@ mod tests {
     #[case("2d", Duration::from_secs(172_800))]
     fn durations_parse(#[case] text: &str, #[case] expected: Duration) {
         assert_eq!(parse_duration(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn token_store_and_endpoint_settings() {
+        let (c, report) = Config::load_from(
+            None,
+            env(&[
+                (
+                    "GATEHOUSE_DATABASE_URL",
+                    "postgres://gh:pw@db.example:5432/gh?sslmode=require",
+                ),
+                ("GATEHOUSE_DATABASE_TIMEOUT", "500ms"),
+                ("GATEHOUSE_TOKEN_ADMIN__LISTEN", "0.0.0.0:8444"),
+                (
+                    "GATEHOUSE_TOKEN_ADMIN__KEY_FILE",
+                    "/etc/gatehouse/admin/key",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(report.ignored_env.is_empty(), "{:?}", report.ignored_env);
+        let url = c.database_url.as_ref().unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://gh:pw@db.example:5432/gh?sslmode=require"
+        );
+        assert!(!format!("{c:?}").contains(":pw@"), "no password in Debug");
+        assert_eq!(c.database_timeout, Duration::from_millis(500));
+        assert_eq!(c.token_admin.listen, Some("0.0.0.0:8444".parse().unwrap()));
+        assert_eq!(c.token_admin.max_ttl, Duration::from_secs(86_400));
+
+        for (vars, expected) in [
+            (
+                &[("GATEHOUSE_DATABASE_URL", "mysql://db/gh")][..],
+                "database_url: `mysql://db/gh` is not a postgres://",
+            ),
+            (
+                &[("GATEHOUSE_DATABASE_TIMEOUT", "0s")][..],
+                "database_timeout must be more than 0s",
+            ),
+            (
+                &[("GATEHOUSE_TOKEN_ADMIN__LISTEN", "127.0.0.1:8444")][..],
+                "token_admin.key_file is not",
+            ),
+            (
+                &[
+                    ("GATEHOUSE_TOKEN_ADMIN__LISTEN", "127.0.0.1:8443"),
+                    ("GATEHOUSE_TOKEN_ADMIN__KEY_FILE", "/k"),
+                ][..],
+                "token_admin.listen is 127.0.0.1:8443, already used",
+            ),
+            (
+                &[("GATEHOUSE_TOKEN_ADMIN__LISTN", "x")][..],
+                "token_admin.listn",
+            ),
+        ] {
+            let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
     }
 
     #[test]

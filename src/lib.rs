@@ -13,8 +13,10 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod token_admin;
 
 pub use config::Config;
 pub use policy::PolicySet;

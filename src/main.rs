@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gatehouse::{Config, PolicySet, commands, telemetry};
+use gatehouse::{Config, commands, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,12 @@ enum Command {
     /// Evaluate Kubernetes manifests against the policies offline, as CREATE by a user.
     /// Exit code: 0 all allowed, 1 any denied, 2 unreadable input or configuration.
     Check(commands::check::CheckArgs),
+    /// Issue, list, revoke and prune one-time deployment tokens (in the store named by
+    /// `database_url`, by default SQLite in the data directory).
+    Tokens {
+        #[command(subcommand)]
+        command: commands::tokens::TokensCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,19 +85,19 @@ fn main() -> ExitCode {
             // Handled before the configuration is loaded (above).
             Command::Certs(_) => ExitCode::from(2),
             Command::Review { file } => {
-                let policies = match PolicySet::load(
-                    config.policies.as_deref(),
-                    config.excluded_namespaces.clone(),
-                ) {
-                    Ok(p) => p,
+                let policies = match commands::load_policies(&config).await {
+                    Ok((p, _)) => p,
                     Err(e) => {
-                        eprintln!("gatehouse: {e}");
+                        eprintln!("gatehouse: {e:#}");
                         return ExitCode::from(commands::review::EXIT_UNUSABLE);
                     }
                 };
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
             }
             Command::Check(args) => ExitCode::from(commands::check::main(&config, &args).await),
+            Command::Tokens { command } => {
+                ExitCode::from(commands::tokens::run(&config, command).await)
+            }
         }
     })
 }

@@ -8,6 +8,7 @@ pub mod annotations;
 pub mod forward;
 pub mod labels;
 pub mod matching;
+pub mod one_time_token;
 mod podspec;
 pub mod ports;
 mod quantity;
@@ -77,6 +78,15 @@ pub struct EvalOptions {
     pub offline: bool,
 }
 
+/// What loading policies may hand to the kinds that need more than their params.
+#[derive(Debug, Clone, Default)]
+pub struct LoadContext {
+    /// Where `one-time-token` policies find the token store (opened after loading, only if
+    /// such a policy was loaded). The default has no store settings: such policies still load,
+    /// are `Skipped` offline and deny with "token store unavailable" otherwise.
+    pub token_store: crate::store::TokenStoreSlot,
+}
+
 /// A built-in policy kind with its parameters.
 #[derive(Debug, Clone)]
 pub enum Kind {
@@ -94,6 +104,8 @@ pub enum Kind {
     Labels(labels::Labels),
     /// The verdict of an external endpoint.
     Forward(forward::Forward),
+    /// A one-time token in an annotation, consumed on admission.
+    OneTimeToken(one_time_token::OneTimeToken),
 }
 
 /// Names of the built-in kinds, for error messages.
@@ -105,11 +117,12 @@ pub const KINDS: &[&str] = &[
     "annotations",
     "labels",
     "forward",
+    "one-time-token",
 ];
 
 impl Kind {
     /// Parses `params` for `kind`; the error names the parameter.
-    fn parse(kind: &str, params: serde_yaml::Value) -> Result<Self, String> {
+    fn parse(kind: &str, params: serde_yaml::Value, ctx: &LoadContext) -> Result<Self, String> {
         match kind {
             "replicas" => {
                 let p: replicas::Replicas = typed_params(params)?;
@@ -142,6 +155,10 @@ impl Kind {
                 Ok(Kind::Labels(p))
             }
             "forward" => Ok(Kind::Forward(forward::Forward::from_params(params)?)),
+            "one-time-token" => Ok(Kind::OneTimeToken(one_time_token::OneTimeToken::new(
+                typed_params(params)?,
+                ctx.token_store.want(),
+            )?)),
             other => Err(format!(
                 "kind: unknown kind `{other}` (known kinds: {})",
                 KINDS.join(", ")
@@ -159,6 +176,27 @@ impl Kind {
             Kind::Annotations(_) => "annotations",
             Kind::Labels(_) => "labels",
             Kind::Forward(_) => "forward",
+            Kind::OneTimeToken(_) => "one-time-token",
+        }
+    }
+
+    /// Whether admitting a request has a side effect (a one-time token is consumed).
+    fn consumes(&self) -> bool {
+        matches!(self, Kind::OneTimeToken(_))
+    }
+
+    /// [`Kind::evaluate`], except that a kind with a side effect only checks when
+    /// `may_consume` is false (the request is denied anyway).
+    async fn evaluate_in(
+        &self,
+        policy: &str,
+        req: &AdmissionRequest<DynamicObject>,
+        opts: &EvalOptions,
+        may_consume: bool,
+    ) -> Outcome {
+        match self {
+            Kind::OneTimeToken(p) => p.evaluate_with(policy, req, opts, may_consume).await,
+            _ => self.evaluate(policy, req, opts).await,
         }
     }
 
@@ -176,6 +214,7 @@ impl Kind {
             Kind::Annotations(p) => p.evaluate(policy, req),
             Kind::Labels(p) => p.evaluate(policy, req),
             Kind::Forward(p) => p.evaluate(policy, req, opts).await,
+            Kind::OneTimeToken(p) => p.evaluate(policy, req, opts).await,
         }
     }
 }
@@ -259,6 +298,15 @@ struct Document {
 
 /// Parses one policy file's text; `source` names it in errors.
 pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError> {
+    parse_policies_with(text, source, &LoadContext::default())
+}
+
+/// [`parse_policies`] with a [`LoadContext`] for kinds that need one.
+pub fn parse_policies_with(
+    text: &str,
+    source: &str,
+    ctx: &LoadContext,
+) -> Result<Vec<Policy>, LoadError> {
     let root: serde_yaml::Value = serde_yaml::from_str(text)
         .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
     let items = match root {
@@ -293,7 +341,7 @@ pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError
         })?;
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
-        let kind = Kind::parse(&raw.kind, raw.params).map_err(&fail)?;
+        let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
         out.push(Policy {
             name: raw.name,
             action: raw.action,
@@ -356,15 +404,23 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// Loads policies from a file or directory, or the embedded defaults when `path` is `None`.
 pub fn load_policies(path: Option<&Path>) -> Result<Vec<Policy>, LoadError> {
+    load_policies_with(path, &LoadContext::default())
+}
+
+/// [`load_policies`] with a [`LoadContext`] for kinds that need one.
+pub fn load_policies_with(
+    path: Option<&Path>,
+    ctx: &LoadContext,
+) -> Result<Vec<Policy>, LoadError> {
     let Some(path) = path else {
-        return parse_policies(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME);
+        return parse_policies_with(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME, ctx);
     };
     let mut all: Vec<Policy> = Vec::new();
     for file in policy_files(path)? {
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(&file)
             .map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
-        all.extend(parse_policies(&text, &shown)?);
+        all.extend(parse_policies_with(&text, &shown, ctx)?);
     }
     Ok(all)
 }
@@ -464,6 +520,15 @@ impl PolicySet {
         Self::new(load_policies(path)?, excluded_namespaces)
     }
 
+    /// [`PolicySet::load`] with a [`LoadContext`] for kinds that need one.
+    pub fn load_with(
+        path: Option<&Path>,
+        excluded_namespaces: Vec<String>,
+        ctx: &LoadContext,
+    ) -> Result<Self, LoadError> {
+        Self::new(load_policies_with(path, ctx)?, excluded_namespaces)
+    }
+
     /// The policies, in file order.
     pub fn policies(&self) -> &[Policy] {
         &self.policies
@@ -490,7 +555,11 @@ impl PolicySet {
             decision.excluded = true;
             return decision;
         }
-        for policy in &self.policies {
+        // Kinds with a side effect on admission (a one-time token is consumed) run last, and
+        // only check when another policy has already denied the request.
+        let plain = self.policies.iter().filter(|p| !p.kind.consumes());
+        let consuming = self.policies.iter().filter(|p| p.kind.consumes());
+        for policy in plain.chain(consuming) {
             if !policy.matcher.matches(req) {
                 continue;
             }
@@ -499,7 +568,12 @@ impl PolicySet {
                 policy: policy.name.clone(),
                 message,
             };
-            match policy.kind.evaluate(&policy.name, req, opts).await {
+            let may_consume = decision.denials.is_empty();
+            match policy
+                .kind
+                .evaluate_in(&policy.name, req, opts, may_consume)
+                .await
+            {
                 Outcome::Pass => {}
                 Outcome::Skipped(message) => decision.skipped.push(finding(message)),
                 Outcome::Warning(message) => decision.warnings.push(finding(message)),

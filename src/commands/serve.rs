@@ -3,16 +3,15 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::policy::{self, PolicySet};
+use crate::policy;
 use crate::server::{Server, shutdown_signal};
+use crate::store::{self, StoreSettings};
+use crate::token_admin::AdminServer;
 use crate::{certs, tls};
 
 /// Loads policies and TLS material, binds both listeners and serves until a signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let policies = PolicySet::load(
-        config.policies.as_deref(),
-        config.excluded_namespaces.clone(),
-    )?;
+    let (policies, token_store) = super::load_policies(&config).await?;
     policy::forward::preflight(policies.policies(), config.limits.request_timeout)?;
     let source = config.policies.as_ref().map_or_else(
         || policy::DEFAULT_POLICIES_NAME.to_owned(),
@@ -39,6 +38,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(&config, policies, tls_config)?;
     let addr = server.webhook_addr();
     tracing::info!(webhook = %addr, health = %server.health_addr(), "listening");
+    if token_store.wanted() {
+        server
+            .state()
+            .metrics
+            .with_registry(|r| token_store.metrics().register(r));
+    }
+
+    // The token endpoint for pipelines, when enabled: its own TLS listener on the same
+    // certificate, issuing into the same store the policies use.
+    let admin = match config.token_admin.listen {
+        None => None,
+        Some(_) => {
+            let tokens = match token_store.tokens() {
+                Some(t) => t.clone(),
+                None => {
+                    let settings = StoreSettings::from_config(&config);
+                    store::open(&settings).await.with_context(|| {
+                        format!("cannot open the token store ({})", settings.describe())
+                    })?
+                }
+            };
+            let admin = AdminServer::bind(
+                &config,
+                tokens,
+                server.tls().clone(),
+                server.state().metrics.clone(),
+            )?;
+            tracing::info!(addr = %admin.addr(), "token endpoint listening (POST /v1/tokens)");
+            Some(admin)
+        }
+    };
 
     if let Some(ca) = dev_ca {
         let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
@@ -54,6 +84,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "Development CA (trust it to call the webhook): {}",
             ca.display()
         );
+        if let Some(admin) = &admin {
+            println!(
+                "Token endpoint: https://{host}:{}/v1/tokens",
+                admin.addr().port()
+            );
+        }
         println!("Try it from the repository root:");
         println!(
             "  curl --cacert {} -H 'Content-Type: application/json' --data-binary @examples/reviews/create-2-replicas.json https://{host}:{}/validate",
@@ -61,6 +97,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             addr.port()
         );
     }
-    server.run(shutdown_signal()).await?;
+    // One signal stops every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = admin
+        .map(|admin| tokio::spawn(admin.run(wait(stopped.clone()), config.limits.shutdown_grace)));
+    server.run(wait(stopped)).await?;
+    if let Some(task) = admin_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "token endpoint stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "token endpoint task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(tokens) = token_store.tokens() {
+        tokens.close().await;
+    }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! made in the test, and an HTTPS client that verifies the certificate against that CA.
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +100,16 @@ impl TestServer {
     /// Starts the server with `policies` (YAML text; `None` for the embedded defaults) and a
     /// chance to adjust the configuration.
     pub async fn start_with(policies: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_context(policies, tweak, gatehouse::policy::LoadContext::default()).await
+    }
+
+    /// [`TestServer::start_with`] with a policy [`LoadContext`](gatehouse::policy::LoadContext)
+    /// (for example an open token store); the token metrics are registered.
+    pub async fn start_with_context(
+        policies: Option<&str>,
+        tweak: impl FnOnce(&mut Config),
+        ctx: gatehouse::policy::LoadContext,
+    ) -> Self {
         gatehouse::tls::install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let (bundle, files) = test_certs(&dir.path().join("certs"));
@@ -116,9 +128,10 @@ impl TestServer {
         }
         tweak(&mut config);
         config.validate().expect("valid test config");
-        let set = PolicySet::load(
+        let set = PolicySet::load_with(
             config.policies.as_deref(),
             config.excluded_namespaces.clone(),
+            &ctx,
         )
         .expect("policies load");
         let tls = gatehouse::tls::load_server_config(&files.cert, &files.key).expect("tls");
@@ -126,6 +139,9 @@ impl TestServer {
         let addr = server.webhook_addr();
         let health = server.health_addr();
         let state = server.state().clone();
+        state
+            .metrics
+            .with_registry(|r| ctx.token_store.metrics().register(r));
         let tls = server.tls().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
