@@ -17,6 +17,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, DecodeError};
 use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
+use crate::notify::Notifier;
 use crate::policy::PolicySet;
 
 /// Shared state of both listeners.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// Publishes notifications after each decision (never waits).
+    pub notifier: Notifier,
 }
 
 impl AppState {
@@ -37,6 +40,7 @@ impl AppState {
             policies: Arc::new(ArcSwap::from_pointee(policies)),
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(AtomicBool::new(true)),
+            notifier: Notifier::disabled(),
         }
     }
 }
@@ -146,6 +150,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
         ApiError::Internal
     })?;
     let elapsed = started.elapsed();
+    state.notifier.notify(&req, &decision, &policies);
 
     let m = &state.metrics;
     m.evaluation_seconds.observe(elapsed.as_secs_f64());

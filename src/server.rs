@@ -11,6 +11,7 @@ use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api::{self, AppState, RouteLimits};
 use crate::config::Config;
+use crate::notify;
 use crate::policy::PolicySet;
 
 /// Listening sockets, bound and ready to serve.
@@ -21,6 +22,19 @@ pub struct Server {
     tls: RustlsConfig,
     limits: RouteLimits,
     shutdown_grace: Duration,
+    notify_worker: notify::Worker,
+    notify_drain: Duration,
+}
+
+/// The server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Notifications could not be set up.
+    #[error(transparent)]
+    Notify(#[from] notify::SetupError),
 }
 
 /// A listener that could not be opened.
@@ -40,14 +54,19 @@ fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> 
 }
 
 impl Server {
-    /// Binds both listeners (port 0 picks a free port).
+    /// Binds both listeners (port 0 picks a free port) and sets up notifications (their
+    /// worker starts in [`Server::run`]).
     pub fn bind(
         config: &Config,
         policies: PolicySet,
         tls: Arc<rustls::ServerConfig>,
-    ) -> Result<Self, BindError> {
+    ) -> Result<Self, StartError> {
+        let mut state = AppState::new(policies);
+        let (notifier, notify_worker) =
+            notify::setup(&config.notify, &state.policies.load(), &state.metrics)?;
+        state.notifier = notifier;
         Ok(Self {
-            state: AppState::new(policies),
+            state,
             webhook: bind(config.listen, "webhook, TLS")?,
             health: bind(config.health_listen, "health and metrics")?,
             tls: RustlsConfig::from_config(tls),
@@ -56,6 +75,8 @@ impl Server {
                 request_timeout: config.limits.request_timeout,
             },
             shutdown_grace: config.limits.shutdown_grace,
+            notify_worker,
+            notify_drain: config.notify.drain_timeout,
         })
     }
 
@@ -96,7 +117,13 @@ impl Server {
             tls,
             limits,
             shutdown_grace,
+            notify_worker,
+            notify_drain,
         } = self;
+        let (stop_notify, notify_stopped) = tokio::sync::oneshot::channel::<()>();
+        let notify_task = tokio::spawn(notify_worker.run(async {
+            let _ = notify_stopped.await;
+        }));
         let app = api::router(state.clone(), limits);
         let handle = axum_server::Handle::new();
         let webhook_server = axum_server::from_tcp_rustls(webhook, tls)?.handle(handle.clone());
@@ -121,6 +148,9 @@ impl Server {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        // Admissions are done: deliver what they queued, up to notify.drain_timeout.
+        let _ = stop_notify.send(());
+        let _ = tokio::time::timeout(notify_drain + Duration::from_secs(2), notify_task).await;
         let _ = stop_health.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), health_task).await;
         tracing::info!("stopped");
