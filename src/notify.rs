@@ -572,16 +572,16 @@ pub fn setup(
     };
     let rules = policies.notifications();
     let uses = |c: ChannelKind| rules.iter().any(|r| r.channels.contains(&c));
-    if channels.twilio.is_some() && cfg.sms_to.is_empty() {
-        if let Some(r) = rules
+    if channels.twilio.is_some()
+        && cfg.sms_to.is_empty()
+        && let Some(r) = rules
             .iter()
             .find(|r| r.channels.contains(&ChannelKind::Sms) && r.recipients.is_empty())
-        {
-            return Err(SetupError::NoRecipients {
-                rule: r.name.clone(),
-                source_file: r.source.clone(),
-            });
-        }
+    {
+        return Err(SetupError::NoRecipients {
+            rule: r.name.clone(),
+            source_file: r.source.clone(),
+        });
     }
     if uses(ChannelKind::Sms) && channels.twilio.is_none() {
         tracing::info!(

@@ -606,7 +606,9 @@ async fn the_stand_in_refuses_what_twilio_would_refuse() {
     assert_eq!(m["to"], OPS);
     assert!(m["sid"].as_str().unwrap().starts_with("SM"));
 
-    let cases: Vec<(String, Vec<(&str, &str)>, bool, u16, &str)> = vec![
+    /// URL, form, with basic auth, expected status, expected violation.
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, bool, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             url(ACCOUNT_SID),
             good.clone(),
@@ -700,4 +702,36 @@ async fn the_stand_in_refuses_what_twilio_would_refuse() {
             .iter()
             .any(|v| v.contains("method GET"))
     );
+}
+
+#[tokio::test]
+async fn the_drain_deadline_bounds_shutdown_and_counts_what_is_left() {
+    let t = TwilioStandIn::start().await;
+    t.hold();
+    let s = server(&t, |c| {
+        c.notify.drain_timeout = Duration::from_secs(1);
+        c.notify.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    for i in 0..3 {
+        s.post(create(&format!("d-{i}"), &format!("d-{i}"))).await;
+    }
+    t.wait_received(1).await;
+    let metrics = s.state.metrics.clone();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), s.shutdown())
+        .await
+        .expect("shutdown ends at the drain deadline")
+        .expect("clean exit");
+    // Twilio never answered, so only the deadline can have ended the drain.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "gatehouse_notifications_dropped_total{channel=\"sms\",reason=\"shutdown\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(t.received().iter().all(|r| r.status.is_none()));
+    t.release();
 }

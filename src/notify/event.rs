@@ -296,6 +296,48 @@ mod tests {
         assert!(meaningful_update(&req, &[]));
     }
 
+    fn finding(message: &str) -> crate::policy::Finding {
+        crate::policy::Finding {
+            policy: "p".into(),
+            message: message.into(),
+        }
+    }
+
+    #[rstest]
+    #[case::created("CREATE", false, false, vec![EventKind::Created])]
+    #[case::created_with_warning("CREATE", false, true, vec![EventKind::Created, EventKind::Warned])]
+    #[case::updated("UPDATE", false, false, vec![EventKind::Updated])]
+    #[case::denied_create("CREATE", true, true, vec![EventKind::Denied])]
+    #[case::denied_delete("DELETE", true, false, vec![EventKind::Denied])]
+    #[case::allowed_delete("DELETE", false, false, vec![])]
+    #[case::warned_delete("DELETE", false, true, vec![EventKind::Warned])]
+    fn events_of_a_decision(
+        #[case] op: &str,
+        #[case] denied: bool,
+        #[case] warned: bool,
+        #[case] expected: Vec<EventKind>,
+    ) {
+        let req = request(json!({
+            "uid": "u", "operation": op, "name": "web", "namespace": "app",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "userInfo": {"username": "alice"},
+            "object": {"metadata": {"name": "web"}},
+        }));
+        let decision = Decision {
+            denials: if denied { vec![finding("no")] } else { vec![] },
+            warnings: if warned {
+                vec![finding("careful")]
+            } else {
+                vec![]
+            },
+            ..Decision::default()
+        };
+        let got = kinds(&req, &decision);
+        assert_eq!(got, expected);
+        assert_eq!(primary(&got), expected.first().copied());
+    }
+
     #[test]
     fn images_pair_old_and_new_by_container() {
         let old = deployment(

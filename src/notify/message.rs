@@ -328,9 +328,9 @@ pub fn one_line(event: &Event) -> String {
 /// `2m`, `90s`, `1h`.
 fn span(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else if s >= 1 {
         format!("{s}s")
