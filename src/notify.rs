@@ -7,19 +7,20 @@
 //!
 //! Channels, one per file: `twilio` (SMS), `webhook` (chat), `log`; `message` renders the text.
 
-pub mod delivery;
-pub mod event;
-pub mod log;
+pub(crate) mod delivery;
+pub(crate) mod event;
+pub(crate) mod log;
 pub mod message;
 pub mod rule;
 pub mod settings;
-pub mod storm;
-pub mod twilio;
-pub mod webhook;
+pub(crate) mod storm;
+pub(crate) mod twilio;
+pub(crate) mod webhook;
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::core::DynamicObject;
@@ -313,6 +314,8 @@ struct Shared {
     twilio: bool,
     webhook: bool,
     ignored_update_fields: Vec<Vec<String>>,
+    /// Events dropped so far (a full queue is logged at 1, 2, 4, 8… drops, not every time).
+    drops: AtomicU64,
 }
 
 /// The handle the admission handler holds: cheap to clone, never blocks.
@@ -457,7 +460,14 @@ impl Shared {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 vias.into_iter()
                     .for_each(|v| self.metrics.dropped(v, "queue_full"));
-                tracing::warn!(uid, "notification queue is full: event dropped");
+                let n = self.drops.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        uid,
+                        dropped_so_far = n,
+                        "notification queue is full: event dropped (see gatehouse_notifications_dropped_total)"
+                    );
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 vias.into_iter()
@@ -553,7 +563,7 @@ fn http_client(cfg: &NotifyConfig) -> Result<reqwest::Client, SetupError> {
 
 /// Builds the handle and the worker from the configuration; checks that the rules in
 /// `policies` can be served (an SMS rule needs recipients once Twilio is configured).
-pub fn setup(
+pub(crate) fn setup(
     cfg: &NotifyConfig,
     policies: &PolicySet,
     metrics: &Metrics,
@@ -614,6 +624,7 @@ pub fn setup(
         twilio: channels.twilio.is_some(),
         webhook: channels.webhook.is_some(),
         ignored_update_fields: event::parse_pointers(&cfg.ignore_update_fields),
+        drops: AtomicU64::new(0),
     };
     let worker = Worker {
         rx,

@@ -735,3 +735,28 @@ async fn the_drain_deadline_bounds_shutdown_and_counts_what_is_left() {
     assert!(t.received().iter().all(|r| r.status.is_none()));
     t.release();
 }
+
+#[tokio::test]
+async fn twilio_without_recipients_fails_the_start_naming_the_rule() {
+    let t = TwilioStandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, files) = common::test_certs(dir.path());
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        health_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    use_twilio(&mut c, &t);
+    c.notify.sms_to.clear();
+    c.validate().unwrap();
+    let set = gatehouse::PolicySet::load(None, vec![]).unwrap();
+    let tls = gatehouse::tls::load_server_config(&files.cert, &files.key).unwrap();
+    let err = match gatehouse::Server::bind(&c, set, tls) {
+        Ok(_) => panic!("started without anyone to send SMS to"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        err,
+        "policies/default.yaml (embedded): notification \"deployment-created\": sends SMS but has no recipients: set GATEHOUSE_SMS_TO (notify.sms_to) or the rule's recipients"
+    );
+}

@@ -340,7 +340,7 @@ fn span(d: Duration) -> String {
 }
 
 /// The storm summary: how many were held back, of which kinds, and the latest one.
-pub fn render_summary(summary: &Summary, style: Style, cluster: Option<&str>) -> String {
+pub(crate) fn render_summary(summary: &Summary, style: Style, cluster: Option<&str>) -> String {
     let mut b = Builder::new(style);
     b.keep(prefix(cluster));
     let noun = if summary.count == 1 {

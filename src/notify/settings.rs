@@ -536,14 +536,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cret-from-file\n").unwrap();
+        let sid = dir.path().join("sid");
+        std::fs::write(&sid, format!("  AC{}\n", "b".repeat(32))).unwrap();
         let mut c = NotifyConfig::default();
         c.twilio.auth_token_file = Some(token.clone());
+        c.twilio.account_sid_file = Some(sid);
         c.resolve_files().unwrap();
         assert_eq!(
             c.twilio.auth_token.as_ref().map(Secret::expose),
             Some("s3cret-from-file")
         );
-        assert!(c.twilio.auth_token_file.is_none());
+        assert_eq!(c.twilio.account_sid, Some(format!("AC{}", "b".repeat(32))));
+        assert!(c.twilio.auth_token_file.is_none() && c.twilio.account_sid_file.is_none());
 
         let mut both = NotifyConfig::default();
         both.twilio.auth_token = Some(Secret::new("x"));
