@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{self, DecodeError};
+use crate::limits::{RequestLimit, limit_requests};
 use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
+use crate::notify::Notifier;
 use crate::policy::PolicySet;
 
 /// Shared state of both listeners.
@@ -28,6 +30,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False while starting and once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// Publishes notifications after each decision (never waits).
+    pub notifier: Notifier,
 }
 
 impl AppState {
@@ -37,6 +41,7 @@ impl AppState {
             policies: Arc::new(ArcSwap::from_pointee(policies)),
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(AtomicBool::new(true)),
+            notifier: Notifier::disabled(),
         }
     }
 }
@@ -46,8 +51,22 @@ impl AppState {
 pub struct RouteLimits {
     /// Largest body; larger gets 413.
     pub max_body_bytes: usize,
-    /// Deadline for one request; past it, 503.
+    /// Deadline for one request; past it, 503. Shortened to fit the API server's own
+    /// `?timeout=` when that is shorter.
     pub request_timeout: Duration,
+    /// Requests in progress; more get 503 at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl RouteLimits {
+    /// The limits a configuration sets.
+    pub fn from_config(limits: &crate::config::Limits) -> Self {
+        Self {
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
+            max_concurrent_requests: limits.max_concurrent_requests,
+        }
+    }
 }
 
 /// Errors a webhook request can end in.
@@ -80,15 +99,24 @@ pub fn router(state: AppState, limits: RouteLimits) -> Router {
     harden(routes, limits, state.metrics)
 }
 
-/// Wraps routes in the body limit, the request deadline and a panic catcher (500, the process
-/// lives on). Public so tests can check the layers on a route of their own.
+/// Wraps routes in the body limit, the request deadline, the cap on requests in progress and
+/// a panic catcher (500, the process lives on). Public so tests can check the layers on a
+/// route of their own.
 pub fn harden(routes: Router, limits: RouteLimits, metrics: Arc<Metrics>) -> Router {
     let panic_metrics = metrics.clone();
+    let deadline_metrics = metrics.clone();
+    let max_deadline = limits.request_timeout;
     routes
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            limits.request_timeout,
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let metrics = deadline_metrics.clone();
+                async move { deadline(max_deadline, metrics, req, next).await }
+            },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            RequestLimit::new(limits.max_concurrent_requests, metrics),
+            limit_requests,
         ))
         .layer(CatchPanicLayer::custom(
             move |_panic: Box<dyn std::any::Any + Send>| {
@@ -98,6 +126,39 @@ pub fn harden(routes: Router, limits: RouteLimits, metrics: Arc<Metrics>) -> Rou
                 ApiError::Internal.into_response()
             },
         ))
+}
+
+/// The time this request may take: `max`, or less when the API server's `?timeout=` says it
+/// gives up sooner (leaving a fifth of its timeout, at most 1 s, for the answer to travel).
+pub fn request_deadline(max: Duration, query: Option<&str>) -> Duration {
+    let hint = query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("timeout="))
+            .and_then(|v| crate::config::parse_duration(v).ok())
+    });
+    match hint {
+        Some(t) if !t.is_zero() => {
+            let margin = (t / 5).min(Duration::from_secs(1));
+            max.min(t - margin)
+        }
+        _ => max,
+    }
+}
+
+async fn deadline(max: Duration, metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
+    let limit = request_deadline(max, req.uri().query());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics.reject("timeout");
+            tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"error": "deadline exceeded"})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// The health router: `/healthz` (alive), `/readyz` (ready for traffic), `/metrics`.
@@ -146,6 +207,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
         ApiError::Internal
     })?;
     let elapsed = started.elapsed();
+    state.notifier.notify(&req, &decision, &policies);
 
     let m = &state.metrics;
     m.evaluation_seconds.observe(elapsed.as_secs_f64());
@@ -191,4 +253,27 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
     );
     tracing::trace!(uid = %req.uid, object = ?req.object, "admission object");
     Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_deadline;
+    use rstest::rstest;
+    use std::time::Duration;
+
+    #[rstest]
+    #[case(None, 9_000)]
+    #[case(Some("timeout=10s"), 9_000)]
+    #[case(Some("timeout=30s"), 9_000)]
+    #[case(Some("timeout=5s"), 4_000)]
+    #[case(Some("x=1&timeout=2s"), 1_600)]
+    #[case(Some("timeout=1s"), 800)]
+    #[case(Some("timeout=soon"), 9_000)]
+    #[case(Some("timeout=0s"), 9_000)]
+    fn deadline_follows_the_api_server_timeout(#[case] query: Option<&str>, #[case] ms: u64) {
+        assert_eq!(
+            request_deadline(Duration::from_secs(9), query),
+            Duration::from_millis(ms)
+        );
+    }
 }

@@ -31,6 +31,7 @@ const KNOWN_KEYS: &[&str] = &[
     "database_url",
     "database_timeout",
     "token_admin",
+    "notify",
 ];
 
 /// Log output format.
@@ -55,6 +56,21 @@ pub struct Limits {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_secs")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, keep serving this long while marked not ready, so the endpoints
+    /// controller takes the pod out of the Service before the listener closes.
+    #[serde(with = "humantime_secs")]
+    pub shutdown_delay: Duration,
+    /// Open connections on the webhook listener; more are closed at once.
+    pub max_connections: usize,
+    /// Requests in progress; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Time a client has to finish the TLS handshake.
+    #[serde(with = "humantime_secs")]
+    pub tls_handshake_timeout: Duration,
+    /// Time a client has to send a request's headers (HTTP/1.1), and a new connection its
+    /// first request.
+    #[serde(with = "humantime_secs")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -63,6 +79,11 @@ impl Default for Limits {
             max_body_bytes: 7 * 1024 * 1024,
             request_timeout: Duration::from_secs(9),
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
+            max_connections: 1024,
+            max_concurrent_requests: 256,
+            tls_handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +148,8 @@ pub struct Config {
     pub database_timeout: Duration,
     /// The token-issuing endpoint for pipelines.
     pub token_admin: TokenAdmin,
+    /// Notifications: Twilio SMS, chat webhook, delivery queue, storm control.
+    pub notify: crate::notify::settings::NotifyConfig,
 }
 
 impl Default for Config {
@@ -145,6 +168,7 @@ impl Default for Config {
             database_url: None,
             database_timeout: Duration::from_secs(2),
             token_admin: TokenAdmin::default(),
+            notify: Default::default(),
         }
     }
 }
@@ -196,21 +220,33 @@ impl Config {
 
         let mut report = LoadReport::default();
         let mut pairs = Vec::new();
+        let mut literal = Vec::new();
         for (name, value) in env {
+            // TWILIO_* and GATEHOUSE_SMS_TO: names of their own (see notify::settings).
+            if let Some(key) = crate::notify::settings::env_key(&name) {
+                literal.push((key.to_owned(), value));
+                continue;
+            }
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             let key = rest.to_ascii_lowercase();
             let top = key.split("__").next().unwrap_or_default();
-            if KNOWN_KEYS.contains(&top) {
+            if crate::notify::settings::literal_env_key(&key) {
+                literal.push((key, value));
+            } else if KNOWN_KEYS.contains(&top) {
                 pairs.push((key, value));
             } else if !extra_known_env(&key) {
                 report.ignored_env.push(name);
             }
         }
-        figment = figment.merge(EnvPairs(pairs));
+        figment = figment.merge(EnvPairs {
+            parsed: pairs,
+            literal,
+        });
 
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.notify.resolve_files().map_err(ConfigError)?;
         config.validate()?;
         Ok((config, report))
     }
@@ -241,6 +277,19 @@ impl Config {
                 "limits.max_body_bytes is {}: it must be at least 1024",
                 self.limits.max_body_bytes
             )));
+        }
+        if self.limits.max_connections == 0 || self.limits.max_concurrent_requests == 0 {
+            return Err(ConfigError(
+                "limits.max_connections and limits.max_concurrent_requests must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.limits.tls_handshake_timeout.is_zero() || self.limits.header_read_timeout.is_zero()
+        {
+            return Err(ConfigError(
+                "limits.tls_handshake_timeout and limits.header_read_timeout must be more than 0s"
+                    .into(),
+            ));
         }
         if self.limits.request_timeout.is_zero() {
             return Err(ConfigError(
@@ -278,6 +327,7 @@ impl Config {
                 "token_admin.max_ttl must be at least 1s".into(),
             ));
         }
+        self.notify.validate().map_err(ConfigError)?;
         Ok(())
     }
 }
@@ -289,8 +339,12 @@ fn extra_known_env(key: &str) -> bool {
 
 /// The environment layer, built from explicit `(key, value)` pairs so tests need not touch the
 /// process environment. Values are parsed as figment's `Env` parses them (numbers, booleans,
-/// `[a, b]` arrays); `__` separates nested keys.
-struct EnvPairs(Vec<(String, String)>);
+/// `[a, b]` arrays); `__` separates nested keys. `literal` values stay strings (phone numbers,
+/// tokens).
+struct EnvPairs {
+    parsed: Vec<(String, String)>,
+    literal: Vec<(String, String)>,
+}
 
 impl figment::Provider for EnvPairs {
     fn metadata(&self) -> figment::Metadata {
@@ -302,10 +356,17 @@ impl figment::Provider for EnvPairs {
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         use figment::value::{Dict, Value};
         let mut root = Dict::new();
-        for (key, raw) in &self.0 {
+        let parsed = self.parsed.iter().map(|(key, raw)| {
             let value: Value = raw
                 .parse()
                 .unwrap_or_else(|e: std::convert::Infallible| match e {});
+            (key, value)
+        });
+        let literal = self
+            .literal
+            .iter()
+            .map(|(key, raw)| (key, Value::from(raw.clone())));
+        for (key, value) in parsed.chain(literal) {
             let parts: Vec<&str> = key.split("__").collect();
             let (last, parents) = parts.split_last().unwrap_or((&"", &[]));
             let mut dict = &mut root;
@@ -365,7 +426,7 @@ fn describe(error: &figment::Error) -> String {
 }
 
 /// Durations written as `10s`, `500ms`, `2m` or a bare number of seconds.
-mod humantime_secs {
+pub(crate) mod humantime_secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
@@ -522,6 +583,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("missing.yaml"), "{missing}");
+    }
+
+    const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn twilio_variables_map_onto_the_notify_section_as_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "9876543210\n").unwrap();
+        let (c, report) = Config::load_from(
+            None,
+            env(&[
+                ("TWILIO_ACCOUNT_SID", SID),
+                ("TWILIO_AUTH_TOKEN_FILE", token.to_str().unwrap()),
+                ("TWILIO_FROM", "+15550001111"),
+                ("TWILIO_API_BASE", "https://twilio.example.com"),
+                ("GATEHOUSE_SMS_TO", "+15551234567"),
+                ("GATEHOUSE_NOTIFY__STORM__MAX_MESSAGES", "2"),
+                ("GATEHOUSE_NOTIFY__QUEUE_CAPACITY", "16"),
+            ]),
+        )
+        .unwrap();
+        assert!(report.ignored_env.is_empty(), "{:?}", report.ignored_env);
+        let t = &c.notify.twilio;
+        assert_eq!(t.account_sid.as_deref(), Some(SID));
+        // A token of digits stays a string, read from the file and trimmed.
+        assert_eq!(
+            t.auth_token.as_ref().map(|s| s.expose()),
+            Some("9876543210")
+        );
+        assert_eq!(t.from.as_deref(), Some("+15550001111"));
+        assert_eq!(t.api_base, "https://twilio.example.com");
+        assert_eq!(c.notify.sms_to, vec!["+15551234567"]);
+        assert_eq!(c.notify.storm.max_messages, 2);
+        assert_eq!(c.notify.queue_capacity, 16);
+        // The token never shows in Debug output of the configuration.
+        assert!(!format!("{c:?}").contains("9876543210"));
+    }
+
+    #[test]
+    fn twilio_settings_also_come_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "notify:\n  sms_to: ['+15551234567', '+4930123456']\n  twilio:\n    account_sid: {SID}\n    auth_token: file-token\n    messaging_service_sid: MG0123456789abcdef0123456789abcdef\n"
+            ),
+        )
+        .unwrap();
+        let (c, _) =
+            Config::load_from(Some(&file), env(&[("TWILIO_AUTH_TOKEN", "env-token")])).unwrap();
+        assert_eq!(c.notify.sms_to.len(), 2);
+        assert_eq!(
+            c.notify.twilio.auth_token.as_ref().map(|s| s.expose()),
+            Some("env-token")
+        );
+        assert!(c.notify.twilio.from.is_none());
+    }
+
+    #[rstest]
+    #[case::partial(&[("TWILIO_ACCOUNT_SID", SID)], "TWILIO_AUTH_TOKEN")]
+    #[case::bad_number(&[("GATEHOUSE_SMS_TO", "+1555, 0151")], "`0151` is not an E.164 number")]
+    #[case::both(&[("TWILIO_AUTH_TOKEN", "x"), ("TWILIO_AUTH_TOKEN_FILE", "/nonexistent")], "both set")]
+    #[case::missing_file(&[("TWILIO_AUTH_TOKEN_FILE", "/nonexistent/token")], "/nonexistent/token")]
+    fn bad_notify_settings_fail_the_start(#[case] vars: &[(&str, &str)], #[case] expected: &str) {
+        let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} should contain {expected:?}"
+        );
     }
 
     #[rstest]

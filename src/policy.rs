@@ -25,6 +25,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
 
+use crate::notify::rule::NotifyRule;
 use matching::{MatchSpec, Matcher, namespace_matches};
 
 /// The shipped default policies, embedded so the binary works outside the repository.
@@ -280,7 +281,7 @@ pub struct LoadError {
 }
 
 impl LoadError {
-    fn new(file: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             message: message.into(),
@@ -294,6 +295,9 @@ impl LoadError {
 struct Document {
     #[serde(default)]
     policies: Vec<serde_yaml::Value>,
+    /// Notification rules (see `notify::rule`).
+    #[serde(default)]
+    notifications: Vec<serde_yaml::Value>,
 }
 
 /// Parses one policy file's text; `source` names it in errors.
@@ -307,14 +311,30 @@ pub fn parse_policies_with(
     source: &str,
     ctx: &LoadContext,
 ) -> Result<Vec<Policy>, LoadError> {
+    parse_file_with(text, source, ctx).map(|(policies, _)| policies)
+}
+
+/// Parses one policy file's text into its policies and its notification rules.
+pub fn parse_file(text: &str, source: &str) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
+    parse_file_with(text, source, &LoadContext::default())
+}
+
+/// [`parse_file`] with a [`LoadContext`] for kinds that need one.
+pub fn parse_file_with(
+    text: &str,
+    source: &str,
+    ctx: &LoadContext,
+) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
     let root: serde_yaml::Value = serde_yaml::from_str(text)
         .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
+    let mut notifications = Vec::new();
     let items = match root {
         serde_yaml::Value::Null => Vec::new(),
         serde_yaml::Value::Sequence(items) => items,
         serde_yaml::Value::Mapping(_) => {
             let doc: Document = serde_path_to_error::deserialize(root)
                 .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
+            notifications = doc.notifications;
             doc.policies
         }
         _ => {
@@ -351,10 +371,11 @@ pub fn parse_policies_with(
             source: source.to_owned(),
         });
     }
-    Ok(out)
+    let rules = crate::notify::rule::parse_rules(notifications, source)?;
+    Ok((out, rules))
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -412,17 +433,34 @@ pub fn load_policies_with(
     path: Option<&Path>,
     ctx: &LoadContext,
 ) -> Result<Vec<Policy>, LoadError> {
+    load_all_with(path, ctx).map(|(policies, _)| policies)
+}
+
+/// Loads policies and notification rules from a file or directory, or the embedded defaults
+/// when `path` is `None`.
+pub fn load_all(path: Option<&Path>) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
+    load_all_with(path, &LoadContext::default())
+}
+
+/// [`load_all`] with a [`LoadContext`] for kinds that need one.
+pub fn load_all_with(
+    path: Option<&Path>,
+    ctx: &LoadContext,
+) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
     let Some(path) = path else {
-        return parse_policies_with(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME, ctx);
+        return parse_file_with(DEFAULT_POLICIES, DEFAULT_POLICIES_NAME, ctx);
     };
     let mut all: Vec<Policy> = Vec::new();
+    let mut rules: Vec<NotifyRule> = Vec::new();
     for file in policy_files(path)? {
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(&file)
             .map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
-        all.extend(parse_policies_with(&text, &shown, ctx)?);
+        let (p, r) = parse_file_with(&text, &shown, ctx)?;
+        all.extend(p);
+        rules.extend(r);
     }
-    Ok(all)
+    Ok((all, rules))
 }
 
 /// Every policy in force plus the namespaces none of them applies to.
@@ -430,6 +468,8 @@ pub fn load_policies_with(
 pub struct PolicySet {
     policies: Vec<Policy>,
     excluded_namespaces: Vec<String>,
+    /// Notification rules from the same files, so a reload swaps both together.
+    notifications: Vec<NotifyRule>,
 }
 
 /// One policy's finding in a decision.
@@ -512,12 +552,36 @@ impl PolicySet {
         Ok(Self {
             policies,
             excluded_namespaces,
+            notifications: Vec::new(),
         })
+    }
+
+    /// Adds notification rules; their names must be unique across all files.
+    pub fn with_notifications(mut self, rules: Vec<NotifyRule>) -> Result<Self, LoadError> {
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for r in &rules {
+            if let Some(first) = seen.insert(&r.name, &r.source) {
+                return Err(LoadError::new(
+                    &r.source,
+                    format!(
+                        "notification \"{}\": name: already defined in {first}",
+                        r.name
+                    ),
+                ));
+            }
+        }
+        self.notifications = rules;
+        Ok(self)
     }
 
     /// Loads from a path (or the embedded defaults) with the given excluded namespaces.
     pub fn load(path: Option<&Path>, excluded_namespaces: Vec<String>) -> Result<Self, LoadError> {
-        Self::new(load_policies(path)?, excluded_namespaces)
+        Self::load_with(path, excluded_namespaces, &LoadContext::default())
+    }
+
+    /// The notification rules, in file order.
+    pub fn notifications(&self) -> &[NotifyRule] {
+        &self.notifications
     }
 
     /// [`PolicySet::load`] with a [`LoadContext`] for kinds that need one.
@@ -526,7 +590,8 @@ impl PolicySet {
         excluded_namespaces: Vec<String>,
         ctx: &LoadContext,
     ) -> Result<Self, LoadError> {
-        Self::new(load_policies_with(path, ctx)?, excluded_namespaces)
+        let (policies, rules) = load_all_with(path, ctx)?;
+        Self::new(policies, excluded_namespaces)?.with_notifications(rules)
     }
 
     /// The policies, in file order.

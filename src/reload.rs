@@ -35,7 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::api::AppState;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{self, LoadError, PolicySet};
+use crate::policy::{self, LoadContext, LoadError, PolicySet};
 use crate::tls;
 
 /// How many times a pair that changed while being read is read again before giving up.
@@ -233,12 +233,17 @@ fn read_settled<T>(read: impl Fn() -> Result<T, String>) -> Result<T, String> {
 fn build_policy_set(
     files: &[(PathBuf, String)],
     excluded_namespaces: Vec<String>,
+    ctx: &LoadContext,
 ) -> Result<PolicySet, LoadError> {
     let mut all = Vec::new();
+    let mut rules = Vec::new();
     for (path, text) in files {
-        all.extend(policy::parse_policies(text, &path.display().to_string())?);
+        let (policies, notifications) =
+            policy::parse_file_with(text, &path.display().to_string(), ctx)?;
+        all.extend(policies);
+        rules.extend(notifications);
     }
-    PolicySet::new(all, excluded_namespaces)
+    PolicySet::new(all, excluded_namespaces)?.with_notifications(rules)
 }
 
 /// Watches the configured certificate and policy files and swaps in valid new versions.
@@ -249,6 +254,8 @@ pub struct Reloader {
     policies_path: Option<PathBuf>,
     policies_seen: Option<Seen>,
     excluded_namespaces: Vec<String>,
+    /// What the policies were first loaded with (the token store), for reloaded sets.
+    ctx: LoadContext,
     metrics: ReloadMetrics,
 }
 
@@ -293,8 +300,14 @@ impl Reloader {
             policies_path,
             policies_seen,
             excluded_namespaces: config.excluded_namespaces.clone(),
+            ctx: LoadContext::default(),
             metrics,
         })
+    }
+
+    /// Reloaded policies are built with `ctx` (the token store the first set was loaded with).
+    pub fn set_load_context(&mut self, ctx: LoadContext) {
+        self.ctx = ctx;
     }
 
     /// Polls every `reload_interval` until the task is aborted.
@@ -402,7 +415,20 @@ impl Reloader {
             return;
         }
         self.policies_seen = Some(Seen::Content(read.print));
-        match build_policy_set(&read.files, self.excluded_namespaces.clone()) {
+        let built = build_policy_set(&read.files, self.excluded_namespaces.clone(), &self.ctx)
+            .map_err(|e| e.to_string())
+            .and_then(|set| {
+                // A reload that brings the first one-time-token policy opens the store now;
+                // a store that cannot be opened refuses the new set.
+                let slot = &self.ctx.token_store;
+                if slot.wanted() && slot.tokens().is_none() {
+                    tokio::runtime::Handle::current()
+                        .block_on(slot.open_if_wanted())
+                        .map_err(|e| format!("cannot open the token store: {e}"))?;
+                }
+                Ok(set)
+            });
+        match built {
             Ok(set) => {
                 let names: Vec<String> = set.policies().iter().map(|p| p.to_string()).collect();
                 state.policies.store(Arc::new(set));

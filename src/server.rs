@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::api::{self, AppState, RouteLimits};
-use crate::config::Config;
-use crate::policy::PolicySet;
+use crate::config::{Config, Limits};
+use crate::limits::ConnectionLimit;
+use crate::notify;
+use crate::policy::{LoadContext, PolicySet};
 use crate::reload::Reloader;
 
 /// Listening sockets, bound and ready to serve.
@@ -20,9 +22,21 @@ pub struct Server {
     webhook: TcpListener,
     health: TcpListener,
     tls: RustlsConfig,
-    limits: RouteLimits,
-    shutdown_grace: Duration,
+    limits: Limits,
     reloader: Option<Reloader>,
+    notify_worker: notify::Worker,
+    notify_drain: Duration,
+}
+
+/// The server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Notifications could not be set up.
+    #[error(transparent)]
+    Notify(#[from] notify::SetupError),
 }
 
 /// A listener that could not be opened.
@@ -42,26 +56,35 @@ fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> 
 }
 
 impl Server {
-    /// Binds both listeners (port 0 picks a free port).
+    /// Binds both listeners (port 0 picks a free port) and sets up notifications and the
+    /// live reload of the certificate and policy files.
     pub fn bind(
         config: &Config,
         policies: PolicySet,
         tls: Arc<rustls::ServerConfig>,
-    ) -> Result<Self, BindError> {
-        let state = AppState::new(policies);
+    ) -> Result<Self, StartError> {
+        let mut state = AppState::new(policies);
+        let (notifier, notify_worker) =
+            notify::setup(&config.notify, &state.policies.load(), &state.metrics)?;
+        state.notifier = notifier;
         let reloader = Reloader::new(config, &state);
         Ok(Self {
             state,
             webhook: bind(config.listen, "webhook, TLS")?,
             health: bind(config.health_listen, "health and metrics")?,
             tls: RustlsConfig::from_config(tls),
-            limits: RouteLimits {
-                max_body_bytes: config.limits.max_body_bytes,
-                request_timeout: config.limits.request_timeout,
-            },
-            shutdown_grace: config.limits.shutdown_grace,
+            limits: config.limits.clone(),
             reloader,
+            notify_worker,
+            notify_drain: config.notify.drain_timeout,
         })
+    }
+
+    /// Reloaded policy files are built with `ctx` (the token store the first set used).
+    pub fn set_load_context(&mut self, ctx: LoadContext) {
+        if let Some(r) = self.reloader.as_mut() {
+            r.set_load_context(ctx);
+        }
     }
 
     /// The webhook listener's address.
@@ -88,8 +111,10 @@ impl Server {
         &self.tls
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, marks itself not ready and
-    /// lets in-flight requests finish for up to the configured grace period.
+    /// Serves until `shutdown` completes. Then: marks itself not ready and keeps serving for
+    /// `limits.shutdown_delay` (so the Service stops routing here first), stops accepting,
+    /// lets in-flight requests finish for up to `limits.shutdown_grace`, and delivers queued
+    /// notifications for up to `notify.drain_timeout`.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -100,13 +125,39 @@ impl Server {
             health,
             tls,
             limits,
-            shutdown_grace,
             reloader,
+            notify_worker,
+            notify_drain,
         } = self;
         let reload_task = reloader.map(|r| tokio::spawn(r.run(tls.clone(), state.clone())));
-        let app = api::router(state.clone(), limits);
+        let (stop_notify, notify_stopped) = tokio::sync::oneshot::channel::<()>();
+        let notify_task = tokio::spawn(notify_worker.run(async {
+            let _ = notify_stopped.await;
+        }));
+
+        let app = api::router(state.clone(), RouteLimits::from_config(&limits));
         let handle = axum_server::Handle::new();
-        let webhook_server = axum_server::from_tcp_rustls(webhook, tls)?.handle(handle.clone());
+        // Connection cap and TCP_NODELAY under the TLS handshake (with its own timeout).
+        let acceptor = RustlsAcceptor::new(tls)
+            .handshake_timeout(limits.tls_handshake_timeout)
+            .acceptor(ConnectionLimit::new(
+                limits.max_connections,
+                state.metrics.clone(),
+            ));
+        let mut webhook_server = axum_server::from_tcp(webhook)?
+            .acceptor(acceptor)
+            .handle(handle.clone())
+            .first_request_timeout(limits.header_read_timeout);
+        webhook_server
+            .http_builder()
+            .http1()
+            .header_read_timeout(limits.header_read_timeout);
+        webhook_server
+            .http_builder()
+            .http2()
+            .max_concurrent_streams(Some(limits.max_concurrent_requests.clamp(1, 1000) as u32))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
         let webhook_task = tokio::spawn(webhook_server.serve(app.into_make_service()));
 
         let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -121,16 +172,23 @@ impl Server {
         });
 
         shutdown.await;
+        state.ready.store(false, Ordering::Relaxed);
         if let Some(task) = reload_task {
             task.abort();
         }
-        tracing::info!(grace = ?shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
-        state.ready.store(false, Ordering::Relaxed);
-        handle.graceful_shutdown(Some(shutdown_grace));
+        if !limits.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?limits.shutdown_delay, "not ready; serving on while the Service drops this endpoint");
+            tokio::time::sleep(limits.shutdown_delay).await;
+        }
+        tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+        handle.graceful_shutdown(Some(limits.shutdown_grace));
         let result = match webhook_task.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        // Admissions are done: deliver what they queued, up to notify.drain_timeout.
+        let _ = stop_notify.send(());
+        let _ = tokio::time::timeout(notify_drain + Duration::from_secs(2), notify_task).await;
         let _ = stop_health.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), health_task).await;
         tracing::info!("stopped");

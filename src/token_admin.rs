@@ -138,6 +138,7 @@ pub fn router(state: AdminState, request_timeout: Duration, metrics: Arc<Metrics
         RouteLimits {
             max_body_bytes: MAX_BODY_BYTES,
             request_timeout,
+            max_concurrent_requests: 64,
         },
         metrics,
     )

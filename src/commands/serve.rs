@@ -35,15 +35,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let tls_config = tls::load_server_config(&cert, &key)?;
-    let server = Server::bind(&config, policies, tls_config)?;
+    let mut server = Server::bind(&config, policies, tls_config)?;
+    server.set_load_context(policy::LoadContext {
+        token_store: token_store.clone(),
+    });
     let addr = server.webhook_addr();
     tracing::info!(webhook = %addr, health = %server.health_addr(), "listening");
-    if token_store.wanted() {
-        server
-            .state()
-            .metrics
-            .with_registry(|r| token_store.metrics().register(r));
-    }
+    // Registered even with no token policy yet: a live reload may bring one.
+    server
+        .state()
+        .metrics
+        .with_registry(|r| token_store.metrics().register(r));
 
     // The token endpoint for pipelines, when enabled: its own TLS listener on the same
     // certificate, issuing into the same store the policies use.
@@ -76,26 +78,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             addr.ip().to_string()
         };
-        println!(
+        say(format_args!(
             "Gatehouse is listening on https://{host}:{}/validate",
             addr.port()
-        );
-        println!(
+        ));
+        say(format_args!(
             "Development CA (trust it to call the webhook): {}",
             ca.display()
-        );
+        ));
         if let Some(admin) = &admin {
-            println!(
+            say(format_args!(
                 "Token endpoint: https://{host}:{}/v1/tokens",
                 admin.addr().port()
-            );
+            ));
         }
-        println!("Try it from the repository root:");
-        println!(
+        say(format_args!("Try it from the repository root:"));
+        say(format_args!(
             "  curl --cacert {} -H 'Content-Type: application/json' --data-binary @examples/reviews/create-2-replicas.json https://{host}:{}/validate",
             ca.display(),
             addr.port()
-        );
+        ));
     }
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -120,4 +122,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokens.close().await;
     }
     Ok(())
+}
+
+/// One line for the person at the terminal; a closed stdout (`| head`) is not an error.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
