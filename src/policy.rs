@@ -346,19 +346,9 @@ pub fn parse_file_with(
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let label = match item.get("name").and_then(|n| n.as_str()) {
-            Some(name) => format!("policy \"{name}\""),
-            None => format!("policy #{}", i + 1),
-        };
+        let label = item_label(&item, "policy", i);
         let fail = |msg: String| LoadError::new(source, format!("{label}: {msg}"));
-        let raw: RawPolicy = serde_path_to_error::deserialize(item).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                fail(e.inner().to_string())
-            } else {
-                fail(format!("{path}: {}", e.inner()))
-            }
-        })?;
+        let raw: RawPolicy = deserialize_item(item, &fail)?;
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
         let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
@@ -373,6 +363,31 @@ pub fn parse_file_with(
     }
     let rules = crate::notify::rule::parse_rules(notifications, source)?;
     Ok((out, rules))
+}
+
+/// How an item of a policy file's list is named in errors: `policy "min-replicas"`, or
+/// `policy #2` when it has no name.
+pub(crate) fn item_label(item: &serde_yaml::Value, what: &str, index: usize) -> String {
+    match item.get("name").and_then(|n| n.as_str()) {
+        Some(name) => format!("{what} \"{name}\""),
+        None => format!("{what} #{}", index + 1),
+    }
+}
+
+/// Deserializes one item of a policy file's list; `fail` labels the error, which names the
+/// path of the bad field (`match.operations[0]: unknown variant …`).
+pub(crate) fn deserialize_item<T: serde::de::DeserializeOwned>(
+    item: serde_yaml::Value,
+    fail: impl Fn(String) -> LoadError,
+) -> Result<T, LoadError> {
+    serde_path_to_error::deserialize(item).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            fail(e.inner().to_string())
+        } else {
+            fail(format!("{path}: {}", e.inner()))
+        }
+    })
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<(), String> {

@@ -108,19 +108,9 @@ pub fn parse_rules(
 ) -> Result<Vec<NotifyRule>, LoadError> {
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let label = match item.get("name").and_then(|n| n.as_str()) {
-            Some(name) => format!("notification \"{name}\""),
-            None => format!("notification #{}", i + 1),
-        };
+        let label = crate::policy::item_label(&item, "notification", i);
         let fail = |msg: String| LoadError::new(source, format!("{label}: {msg}"));
-        let raw: RawRule = serde_path_to_error::deserialize(item).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                fail(e.inner().to_string())
-            } else {
-                fail(format!("{path}: {}", e.inner()))
-            }
-        })?;
+        let raw: RawRule = crate::policy::deserialize_item(item, &fail)?;
         crate::policy::validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         if raw.events.is_empty() {
             return Err(fail(
