@@ -348,7 +348,7 @@ pub fn parse_file_with(
     for (i, item) in items.into_iter().enumerate() {
         let label = item_label(&item, "policy", i);
         let fail = |msg: String| LoadError::new(source, format!("{label}: {msg}"));
-        let raw: RawPolicy = deserialize_item(item, &fail)?;
+        let raw: RawPolicy = deserialize_item(item, fail)?;
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
         let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;

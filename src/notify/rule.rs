@@ -110,7 +110,7 @@ pub fn parse_rules(
     for (i, item) in items.into_iter().enumerate() {
         let label = crate::policy::item_label(&item, "notification", i);
         let fail = |msg: String| LoadError::new(source, format!("{label}: {msg}"));
-        let raw: RawRule = crate::policy::deserialize_item(item, &fail)?;
+        let raw: RawRule = crate::policy::deserialize_item(item, fail)?;
         crate::policy::validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         if raw.events.is_empty() {
             return Err(fail(
