@@ -202,6 +202,14 @@ impl TestServer {
         (status, value)
     }
 
+    /// Sends the shutdown signal (as SIGTERM would) without waiting; [`TestServer::shutdown`]
+    /// then waits for `run` to return.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Sends the shutdown signal and waits for `run` to return.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
