@@ -97,7 +97,36 @@ app.kubernetes.io/component: admission-webhook
   "excluded_namespaces" $excluded
   "log_format" .Values.config.logFormat
   "reload_interval" .Values.config.reloadInterval
-  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace)
+  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace "shutdown_delay" .Values.config.shutdownDelay)
 }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.config.extra)) }}
+{{- end }}
+
+{{/* A Gatehouse duration (500ms, 10s, 5m, 1h, 2d or a number of seconds) in whole seconds,
+rounded up. */}}
+{{- define "gatehouse.durationSeconds" -}}
+{{- $text := toString . | trim }}
+{{- $num := regexFind "^[0-9]+" $text }}
+{{- $n := int64 (default "0" $num) }}
+{{- $unit := trimPrefix $num $text | trim }}
+{{- if eq $unit "ms" }}{{ div (add $n 999) 1000 }}
+{{- else if eq $unit "m" }}{{ mul $n 60 }}
+{{- else if eq $unit "h" }}{{ mul $n 3600 }}
+{{- else if eq $unit "d" }}{{ mul $n 86400 }}
+{{- else }}{{ $n }}
+{{- end }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds, refused when shorter than Gatehouse's own shutdown
+(limits.shutdown_delay + limits.shutdown_grace as config.yaml ends up with them, extra included):
+the kubelet would kill the pod while it still serves. */}}
+{{- define "gatehouse.terminationGracePeriodSeconds" -}}
+{{- $limits := (include "gatehouse.config" . | fromYaml).limits }}
+{{- $delay := include "gatehouse.durationSeconds" $limits.shutdown_delay | int64 }}
+{{- $grace := include "gatehouse.durationSeconds" $limits.shutdown_grace | int64 }}
+{{- $period := int64 .Values.terminationGracePeriodSeconds }}
+{{- if lt $period (add $delay $grace) }}
+{{- fail (printf "terminationGracePeriodSeconds is %d but Gatehouse's shutdown takes up to %ds (shutdown delay %s + shutdown grace %s): raise terminationGracePeriodSeconds or lower config.shutdownDelay / config.shutdownGrace" $period (add $delay $grace) (toString $limits.shutdown_delay) (toString $limits.shutdown_grace)) }}
+{{- end }}
+{{- $period }}
 {{- end }}
