@@ -8,7 +8,10 @@
 #   DURATION=60 SOAK=300 bench/load.sh # 1 minute runs and a 5 minute soak for RSS growth
 #
 # Settings (environment): DURATION (s, default 20), CONNS (32), THREADS (1), BODY (review file),
-# SOAK (s, default 0 = none), GATEHOUSE_ENV (extra env for gatehouse, e.g. "RUST_LOG=warn").
+# SOAK (s, default 0 = none), GATEHOUSE_ENV (extra env for gatehouse, e.g. "RUST_LOG=warn"),
+# ISOLATION=1: afterwards, restart gatehouse with a Twilio stand-in that answers after 5 s, SMS
+# on every create, and a one-time-token policy whose PostgreSQL store is then cut off, and
+# measure the p99 of requests that use neither while token requests run beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +76,47 @@ if [ "$SOAK" -gt 0 ]; then
   soak_start=$(rss_kib "$GH_PID")
   run gatehouse-soak "$GH_PORT" "$SOAK" "$half"
   echo "soak ${SOAK}s at $half/s: RSS ${soak_start} KiB -> $(rss_kib "$GH_PID") KiB"
+fi
+if [ "${ISOLATION:-0}" = 1 ]; then
+  kill "$GH_PID"; wait "$GH_PID" 2>/dev/null || true
+  python3 bench/standins.py twilio 18090 5 & pids+=($!)
+  python3 bench/standins.py relay 15432 5432 & pids+=($!); RELAY_PID=$!
+  wait_port 18090; wait_port 15432
+  mkdir -p "$work/policies"
+  cp policies/default.yaml "$work/policies/"
+  cat >"$work/policies/tokens.yaml" <<'YAML'
+policies:
+  - name: deploy-token
+    kind: one-time-token
+    match:
+      resources: [apps/deployments]
+      namespaces: {include: [secure]}
+YAML
+  python3 - "$BODY" "$work/token-review.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["request"]["namespace"] = "secure"
+r["request"]["object"]["metadata"]["namespace"] = "secure"
+r["request"]["object"]["metadata"].setdefault("annotations", {})["gatehouse.dev/token"] = "gate_" + "A" * 43
+json.dump(r, open(sys.argv[2], "w"))
+PY
+  env XDG_DATA_HOME="$work" GATEHOUSE_LISTEN="127.0.0.1:$GH_PORT" GATEHOUSE_HEALTH_LISTEN="127.0.0.1:$HEALTH_PORT" \
+    GATEHOUSE_POLICIES="$work/policies" GATEHOUSE_DATABASE_URL="postgres://postgres@127.0.0.1:15432/test" \
+    TWILIO_ACCOUNT_SID="AC$(printf '0%.0s' $(seq 32))" TWILIO_AUTH_TOKEN="bench-token" \
+    TWILIO_FROM="+15005550006" GATEHOUSE_SMS_TO="+15005550010" TWILIO_API_BASE="http://127.0.0.1:18090" \
+    ${GATEHOUSE_ENV:-} "$BIN" serve >"$work/gatehouse2.out" 2>"$work/gatehouse2.log" &
+  pids+=($!); GH_PID=$!
+  wait_port "$GH_PORT"
+  kill "$RELAY_PID"  # the token store is now unreachable
+  echo "isolation: Twilio answers after 5 s, SMS on every create; token store cut off"
+  BODY_FILE="$work/token-review.json" RATE=20 CONNS=4 wrk -t1 -c4 -d"$((DURATION + 2))s" --latency \
+    -s bench/post.lua "https://127.0.0.1:$GH_PORT" | awk '/^RESULT/ {sub(/^RESULT/, "token-requests(store down)"); print}' &
+  token_wrk=$!
+  sleep 1
+  BODY_FILE="$BODY" UID_VARY=1 RATE="$half" CONNS="$CONNS" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
+    -s bench/post.lua "https://127.0.0.1:$GH_PORT" | awk '/^RESULT/ {sub(/^RESULT/, "other-requests(isolated)"); print}'
+  wait "$token_wrk" || true
+  curl -s "http://127.0.0.1:$HEALTH_PORT/metrics" | grep -E '^gatehouse_(notifications_(queued|sent|dropped|failed)|token_store_errors|admissions)_total' || true
 fi
 errors=$(grep -c ' ERROR ' "$work/gatehouse.log" || true)
 echo "gatehouse logged $errors error lines"

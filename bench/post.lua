@@ -7,6 +7,18 @@ wrk.path = "/validate?timeout=10s"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 
+-- UID_VARY=1: every request gets its own request uid (as the API server sends), so
+-- per-uid de-duplication of notifications does not hide the notification load.
+if os.getenv("UID_VARY") == "1" then
+  local template = body
+  local counter = 0
+  request = function()
+    counter = counter + 1
+    local b = string.gsub(template, '"uid": "[^"]*"', string.format('"uid": "bench-%012d"', counter), 1)
+    return wrk.format(nil, nil, nil, b)
+  end
+end
+
 -- RATE > 0: each connection waits between requests so that all CONNS together send about
 -- RATE requests a second (an open-loop approximation for "latency at half the maximum").
 local rate = tonumber(os.getenv("RATE") or "0")
