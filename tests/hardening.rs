@@ -640,11 +640,11 @@ async fn deeply_nested_json_is_a_400_with_a_message() {
 }
 
 #[tokio::test]
-async fn huge_json_arrays_under_the_body_limit_are_a_400_with_a_message() {
+async fn huge_json_arrays_under_the_body_limit_are_answered_and_over_it_refused() {
     const LIMIT: usize = 2 * 1024 * 1024;
     let s = TestServer::start_with(None, |c| c.limits.max_body_bytes = LIMIT).await;
 
-    // A body that is one array of about a million numbers.
+    // A body that is one array of about a million numbers: 400, refused at the first bracket.
     let n = (LIMIT - 2) / 2;
     let mut array = String::with_capacity(LIMIT);
     array.push('[');
@@ -658,28 +658,37 @@ async fn huge_json_arrays_under_the_body_limit_are_a_400_with_a_message() {
     let msg = body["error"].as_str().unwrap();
     assert!(msg.starts_with("body is not an AdmissionReview"), "{msg}");
 
-    // A review whose object is a huge array of empty arrays, just under the limit: read and
-    // parsed whole, then refused for what it is.
-    let frame = String::from_utf8(example_review("create-3-replicas", |v| {
-        v["request"]["object"] = json!("HUGE");
-    }))
-    .unwrap();
-    let n = (LIMIT - frame.len() - 64) / 3;
-    let mut huge = String::with_capacity(LIMIT);
-    huge.push('[');
-    for i in 0..n {
-        huge.push_str(if i == 0 { "[]" } else { ",[]" });
-    }
-    huge.push(']');
-    let review = frame.replace("\"HUGE\"", &huge);
-    assert!(review.len() <= LIMIT && review.len() > LIMIT - 1024);
-    let (status, body) = s.post(review.clone()).await;
+    // A review carrying an array of about 700 000 empty arrays in its object, just under the
+    // limit. With the wrong kind it is parsed whole and then refused with a message ...
+    let review = |kind: &str| {
+        let frame = String::from_utf8(example_review("create-3-replicas", |v| {
+            v["kind"] = json!(kind);
+            v["request"]["object"]["spec"]["junk"] = json!("HUGE");
+        }))
+        .unwrap();
+        let n = (LIMIT - frame.len() - 64) / 3;
+        let mut huge = String::with_capacity(LIMIT);
+        huge.push('[');
+        for i in 0..n {
+            huge.push_str(if i == 0 { "[]" } else { ",[]" });
+        }
+        huge.push(']');
+        let review = frame.replace("\"HUGE\"", &huge);
+        assert!(review.len() <= LIMIT && review.len() > LIMIT - 1024);
+        review
+    };
+    let (status, body) = s.post(review("Pod")).await;
     assert_eq!(status, 400, "{body}");
-    let msg = body["error"].as_str().unwrap();
-    assert!(msg.starts_with("body is not an AdmissionReview"), "{msg}");
+    assert_eq!(body["error"], "kind is `Pod`, expected AdmissionReview");
+
+    // ... and as an AdmissionReview it is evaluated and answered.
+    let valid = review("AdmissionReview");
+    let (status, body) = s.post(valid.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"]["allowed"], true, "{body}");
 
     // A little more than the limit is not even read.
-    let over = review.replacen("[[],", &format!("[{}", "[],".repeat(1000)), 1);
+    let over = valid.replacen("[[],", &format!("[{}", "[],".repeat(1000)), 1);
     assert!(over.len() > LIMIT);
     let (status, _) = s.post(over).await;
     assert_eq!(status, 413);
