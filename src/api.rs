@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, DecodeError};
-use crate::limits::{RequestLimit, limit_requests};
+use crate::limits::{BodyBudget, RequestLimit, limit_requests, reserve_body};
 use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
@@ -56,6 +56,8 @@ pub struct RouteLimits {
     pub request_timeout: Duration,
     /// Requests in progress; more get 503 at once.
     pub max_concurrent_requests: usize,
+    /// Request-body bytes in progress at once; past it requests wait within their deadline.
+    pub max_inflight_body_bytes: usize,
 }
 
 impl RouteLimits {
@@ -65,6 +67,7 @@ impl RouteLimits {
             max_body_bytes: limits.max_body_bytes,
             request_timeout: limits.request_timeout,
             max_concurrent_requests: limits.max_concurrent_requests,
+            max_inflight_body_bytes: limits.max_inflight_body_bytes,
         }
     }
 }
@@ -108,6 +111,10 @@ pub fn harden(routes: Router, limits: RouteLimits, metrics: Arc<Metrics>) -> Rou
     let max_deadline = limits.request_timeout;
     routes
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyBudget::new(limits.max_inflight_body_bytes, limits.max_body_bytes),
+            reserve_body,
+        ))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let metrics = deadline_metrics.clone();

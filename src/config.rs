@@ -64,6 +64,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Requests in progress; more are answered 503 at once.
     pub max_concurrent_requests: usize,
+    /// Request bodies being read or evaluated at once, in bytes (parsing takes a multiple of
+    /// a body's size in memory); past it, requests wait within their deadline.
+    pub max_inflight_body_bytes: usize,
+    /// A connection on which the client sends nothing for this long is closed (HTTP/2 has
+    /// no header timeout between requests). Keep it above `request_timeout`.
+    #[serde(with = "humantime_secs")]
+    pub idle_timeout: Duration,
     /// Time a client has to finish the TLS handshake.
     #[serde(with = "humantime_secs")]
     pub tls_handshake_timeout: Duration,
@@ -82,6 +89,8 @@ impl Default for Limits {
             shutdown_delay: Duration::ZERO,
             max_connections: 1024,
             max_concurrent_requests: 256,
+            max_inflight_body_bytes: 32 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(5),
         }
@@ -283,6 +292,19 @@ impl Config {
                 "limits.max_connections and limits.max_concurrent_requests must be at least 1"
                     .into(),
             ));
+        }
+        if self.limits.idle_timeout <= self.limits.request_timeout {
+            return Err(ConfigError(format!(
+                "limits.idle_timeout ({}) must be longer than limits.request_timeout ({})",
+                format_duration(self.limits.idle_timeout),
+                format_duration(self.limits.request_timeout)
+            )));
+        }
+        if self.limits.max_inflight_body_bytes < self.limits.max_body_bytes {
+            return Err(ConfigError(format!(
+                "limits.max_inflight_body_bytes ({}) must be at least limits.max_body_bytes ({})",
+                self.limits.max_inflight_body_bytes, self.limits.max_body_bytes
+            )));
         }
         if self.limits.tls_handshake_timeout.is_zero() || self.limits.header_read_timeout.is_zero()
         {
@@ -550,6 +572,8 @@ mod tests {
     #[case::bad_duration(&[], Some("limits:\n  request_timeout: soon\n"), "key `limits.request_timeout`")]
     #[case::bad_log_format(&[("GATEHOUSE_LOG_FORMAT", "xml")], None, "key `log_format`")]
     #[case::tiny_body(&[("GATEHOUSE_LIMITS__MAX_BODY_BYTES", "10")], None, "limits.max_body_bytes")]
+    #[case::idle_below_deadline(&[("GATEHOUSE_LIMITS__IDLE_TIMEOUT", "5s")], None, "limits.idle_timeout (5s) must be longer than limits.request_timeout (9s)")]
+    #[case::budget_below_body(&[("GATEHOUSE_LIMITS__MAX_INFLIGHT_BODY_BYTES", "1048576")], None, "limits.max_inflight_body_bytes (1048576) must be at least limits.max_body_bytes")]
     fn invalid_config_names_the_key(
         #[case] vars: &[(&str, &str)],
         #[case] file: Option<&str>,

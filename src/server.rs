@@ -142,6 +142,7 @@ impl Server {
             .handshake_timeout(limits.tls_handshake_timeout)
             .acceptor(ConnectionLimit::new(
                 limits.max_connections,
+                limits.idle_timeout,
                 state.metrics.clone(),
             ));
         let mut webhook_server = axum_server::from_tcp(webhook)?

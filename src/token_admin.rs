@@ -139,6 +139,7 @@ pub fn router(state: AdminState, request_timeout: Duration, metrics: Arc<Metrics
             max_body_bytes: MAX_BODY_BYTES,
             request_timeout,
             max_concurrent_requests: 64,
+            max_inflight_body_bytes: 4 * MAX_BODY_BYTES,
         },
         metrics,
     )

@@ -432,6 +432,66 @@ async fn requests_over_the_cap_get_503_at_once() {
     assert_eq!(rejected(&s, "request_limit").await, 1);
 }
 
+#[tokio::test]
+async fn an_idle_http2_connection_gives_its_slot_back() {
+    let s = TestServer::start_with(None, |c| {
+        c.limits.max_connections = 1;
+        c.limits.request_timeout = Duration::from_millis(200);
+        c.limits.idle_timeout = SHORT;
+    })
+    .await;
+    // One request over HTTP/2, then the client keeps the connection open and says nothing
+    // (HTTP/2 has no header timeout between requests).
+    let tls = common::client_tls(&s.ca_pem, &[&rustls::version::TLS13], &[b"h2"]);
+    let idle = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = idle
+        .post(s.url("/validate"))
+        .body(example_review("create-3-replicas", |_| {}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(SHORT * 4).await;
+    // The idle connection was closed, so the only slot is free for another client.
+    still_serving(&s).await;
+    drop(idle);
+}
+
+#[tokio::test]
+async fn bodies_in_progress_share_a_byte_budget() {
+    let body = example_review("create-3-replicas", |_| {});
+    assert!(body.len() > 2048 && body.len() < 3072, "{}", body.len());
+    let s = TestServer::start_with(None, |c| {
+        c.limits.max_body_bytes = 4096;
+        c.limits.max_inflight_body_bytes = 4096;
+    })
+    .await;
+    // A request announcing its ~3 KiB body and stalling holds 3 of the 4 KiB.
+    let mut slow = h1(&s).await;
+    let mut buf = Vec::new();
+    start_post(&mut slow, &mut buf, "/validate", body.len()).await;
+    send(&mut slow, &body[..10]).await;
+
+    // A second ~3 KiB request does not fit: it waits, and its deadline answers it.
+    let started = Instant::now();
+    let (status, answer) = s.post_to("/validate?timeout=1s", body.clone()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer, json!({"error": "deadline exceeded"}));
+    assert!(started.elapsed() < BOUND);
+
+    // Once the first is done its bytes are free again.
+    send(&mut slow, &body[10..]).await;
+    let resp = response(&mut slow, &mut buf).await;
+    assert_eq!(resp.status, 200);
+    still_serving(&s).await;
+    still_serving(&s).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. The deadline follows the API server's `?timeout=`.
 

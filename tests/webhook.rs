@@ -402,6 +402,7 @@ async fn a_panicking_handler_answers_500_and_the_router_keeps_serving() {
         max_body_bytes: 1024,
         request_timeout: std::time::Duration::from_secs(1),
         max_concurrent_requests: 8,
+        max_inflight_body_bytes: 1 << 20,
     };
     let app = gatehouse::api::harden(routes, limits, metrics.clone());
     let resp = app
@@ -432,6 +433,7 @@ async fn router_answers_without_a_socket() {
         max_body_bytes: 1 << 20,
         request_timeout: std::time::Duration::from_secs(1),
         max_concurrent_requests: 8,
+        max_inflight_body_bytes: 1 << 20,
     };
     let app = gatehouse::api::router(state, limits);
     let resp = app
