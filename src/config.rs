@@ -89,7 +89,7 @@ impl Default for Limits {
             shutdown_delay: Duration::ZERO,
             max_connections: 1024,
             max_concurrent_requests: 256,
-            max_inflight_body_bytes: 32 * 1024 * 1024,
+            max_inflight_body_bytes: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(5),

@@ -97,7 +97,7 @@ app.kubernetes.io/component: admission-webhook
   "excluded_namespaces" $excluded
   "log_format" .Values.config.logFormat
   "reload_interval" .Values.config.reloadInterval
-  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace "shutdown_delay" .Values.config.shutdownDelay)
+  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace "shutdown_delay" .Values.config.shutdownDelay "max_inflight_body_bytes" (int64 .Values.config.maxInflightBodyBytes))
 }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.config.extra)) }}
 {{- end }}
