@@ -109,7 +109,7 @@ PY
   wait_port "$GH_PORT"
   kill "$RELAY_PID"  # the token store is now unreachable
   echo "isolation: Twilio answers after 5 s, SMS on every create; token store cut off"
-  BODY_FILE="$work/token-review.json" RATE=20 CONNS=4 wrk -t1 -c4 -d"$((DURATION + 2))s" --latency \
+  BODY_FILE="$work/token-review.json" RATE=20 CONNS=4 wrk -t1 -c4 -d"$((DURATION + 2))s" --timeout 10s --latency \
     -s bench/post.lua "https://127.0.0.1:$GH_PORT" | awk '/^RESULT/ {sub(/^RESULT/, "token-requests(store down)"); print}' &
   token_wrk=$!
   sleep 1
