@@ -135,7 +135,8 @@ impl TestServer {
         )
         .expect("policies load");
         let tls = gatehouse::tls::load_server_config(&files.cert, &files.key).expect("tls");
-        let server = Server::bind(&config, set, tls).expect("bind");
+        let mut server = Server::bind(&config, set, tls).expect("bind");
+        server.set_load_context(ctx.clone());
         let addr = server.webhook_addr();
         let health = server.health_addr();
         let state = server.state().clone();
