@@ -3,20 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use common::gatehouse;
 
-fn gatehouse() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-    cmd.current_dir(common::repo());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GATEHOUSE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
+use std::io::Write;
+use std::process::Stdio;
 
 fn check(args: &[&str]) -> (i32, String, String) {
     let out = gatehouse().arg("check").args(args).output().unwrap();

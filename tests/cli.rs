@@ -3,22 +3,11 @@
 
 mod common;
 
+use common::gatehouse;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn gatehouse() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-    cmd.current_dir(common::repo());
-    // A clean environment: no GATEHOUSE_* from the caller, a private data directory.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GATEHOUSE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
 
 fn review(file: &str) -> (i32, String, String) {
     let out = gatehouse().args(["review", file]).output().unwrap();
