@@ -370,6 +370,11 @@ impl Notifier {
             return;
         };
         let targets = s.targets(&fired);
+        // Under a flood the queue stays full: count the drop before building the event's text.
+        if s.tx.capacity() == 0 {
+            s.dropped_full(targets.iter().map(|t| t.via), &req.uid);
+            return;
+        }
         let ev = Event {
             uid: req.uid.clone(),
             primary,
@@ -452,23 +457,25 @@ impl Shared {
         out
     }
 
+    /// Counts an event dropped because the queue is full (logged at 1, 2, 4, 8… drops).
+    fn dropped_full(&self, vias: impl Iterator<Item = Via>, uid: &str) {
+        vias.for_each(|v| self.metrics.dropped(v, "queue_full"));
+        let n = self.drops.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                uid,
+                dropped_so_far = n,
+                "notification queue is full: event dropped (see gatehouse_notifications_dropped_total)"
+            );
+        }
+    }
+
     fn publish(&self, ev: Event) {
         let vias: Vec<Via> = ev.targets.iter().map(|t| t.via).collect();
         let uid = ev.uid.clone();
         match self.tx.try_send(ev) {
             Ok(()) => vias.into_iter().for_each(|v| self.metrics.queued(v)),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                vias.into_iter()
-                    .for_each(|v| self.metrics.dropped(v, "queue_full"));
-                let n = self.drops.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        uid,
-                        dropped_so_far = n,
-                        "notification queue is full: event dropped (see gatehouse_notifications_dropped_total)"
-                    );
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped_full(vias.into_iter(), &uid),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 vias.into_iter()
                     .for_each(|v| self.metrics.dropped(v, "shutdown"));
