@@ -107,6 +107,32 @@ fn bench(c: &mut Criterion) {
             b.iter(|| admit(black_box(&defaults), black_box(&body)))
         });
     }
+    // Where the time of the 5 KB CREATE goes.
+    let body = example("create-3-replicas");
+    let req = admission::decode(&body).expect("valid review");
+    let decision = defaults.evaluate(&req).now_or_never().expect("no I/O");
+    let review = admission::respond(&req, &decision);
+    group.bench_function("create-3-replicas: decode only", |b| {
+        b.iter(|| admission::decode(black_box(&body)).expect("valid review"))
+    });
+    group.bench_function("create-3-replicas: evaluate only", |b| {
+        b.iter(|| {
+            defaults
+                .evaluate(black_box(&req))
+                .now_or_never()
+                .expect("no I/O")
+        })
+    });
+    group.bench_function("create-3-replicas: respond + encode only", |b| {
+        b.iter(|| {
+            serde_json::to_vec(&admission::respond(black_box(&req), black_box(&decision)))
+                .expect("encode")
+        })
+    });
+    group.bench_function("create-3-replicas: encode only", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&review)).expect("encode"))
+    });
+
     let examples = example_policies();
     let pod = pod_with_ten_containers();
     let answer: serde_json::Value = serde_json::from_slice(&admit(&examples, &pod)).expect("json");

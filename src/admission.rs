@@ -3,7 +3,7 @@
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::response::StatusSummary;
-use kube::core::{DynamicObject, Status};
+use kube::core::{DynamicObject, Status, TypeMeta};
 
 use crate::policy::Decision;
 
@@ -34,16 +34,39 @@ pub enum DecodeError {
     NoUid,
 }
 
+/// The review as it arrives, read in one pass. kube's `AdmissionReview` flattens its TypeMeta,
+/// which makes serde buffer the whole document (object and oldObject included) before reading
+/// it a second time; reading the envelope's fields directly avoids that, and the review is then
+/// rebuilt from its parts for kube's own conversion into the request.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    request: Option<AdmissionRequest<DynamicObject>>,
+}
+
 /// Parses a review body into its request.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, DecodeError> {
-    let review: AdmissionReview<DynamicObject> =
+    let envelope: Envelope =
         serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
-    if review.types.kind != "AdmissionReview" {
-        return Err(DecodeError::Kind(review.types.kind));
+    if envelope.kind != "AdmissionReview" {
+        return Err(DecodeError::Kind(envelope.kind));
     }
-    if review.types.api_version != V1 && review.types.api_version != V1BETA1 {
-        return Err(DecodeError::Version(review.types.api_version));
+    if envelope.api_version != V1 && envelope.api_version != V1BETA1 {
+        return Err(DecodeError::Version(envelope.api_version));
     }
+    let review = AdmissionReview {
+        types: TypeMeta {
+            api_version: envelope.api_version,
+            kind: envelope.kind,
+        },
+        request: envelope.request,
+        response: None,
+    };
     let req: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|_| DecodeError::NoRequest)?;
     if req.uid.is_empty() {
