@@ -6,8 +6,7 @@ mod common;
 use common::gatehouse;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 fn review(file: &str) -> (i32, String, String) {
     let out = gatehouse().args(["review", file]).output().unwrap();
@@ -182,22 +181,8 @@ async fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["response"]["allowed"], false);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::sigterm(&child);
+    let exit = common::wait_exit(&mut child).await;
     assert!(exit.success(), "{exit:?}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -222,10 +207,7 @@ async fn serve_runs_on_embedded_defaults_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(first.contains("listening"), "{first}");
-    Command::new("kill")
-        .args(["-TERM", &again.id().to_string()])
-        .status()
-        .unwrap();
+    common::sigterm(&again);
     again.wait().unwrap();
     assert_eq!(std::fs::read_to_string(&ca_path).unwrap(), ca);
 }

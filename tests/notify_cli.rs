@@ -93,12 +93,7 @@ impl Running {
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        common::sigterm(&self.child);
     }
 
     /// Waits (bounded) for the exit; returns whether it was a success.

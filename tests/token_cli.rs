@@ -9,7 +9,6 @@ use common::gatehouse;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::tokens::{PgSchema, review_with_token};
 
@@ -318,21 +317,8 @@ async fn serve_with_token_endpoint_end_to_end() {
         "{v}"
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::sigterm(&child);
+    let exit = common::wait_exit(&mut child).await;
     assert!(exit.success(), "{exit:?}");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

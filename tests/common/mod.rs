@@ -31,6 +31,32 @@ pub fn gatehouse() -> std::process::Command {
     cmd
 }
 
+/// Sends SIGTERM to a child process (a `gatehouse serve` a test started).
+pub fn sigterm(child: &std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -TERM {}", child.id());
+}
+
+/// Waits for the child to exit, failing the test after 15 s; polls without blocking the
+/// test's runtime, so the test's own clients can still close their connections.
+pub async fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "did not exit after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Reads a file under the repository root.
 pub fn read(path: &str) -> Vec<u8> {
     std::fs::read(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
