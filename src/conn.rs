@@ -72,8 +72,12 @@ impl ListenerLimits {
             handshake_timeout: l.tls_handshake_timeout,
             header_read_timeout: l.header_read_timeout,
             idle_timeout: l.idle_timeout,
-            max_streams_per_connection: u32::try_from(l.max_streams_per_connection)
-                .unwrap_or(u32::MAX),
+            max_streams_per_connection: u32::try_from(
+                l.max_streams_per_connection
+                    .min(l.max_concurrent_requests / 2)
+                    .max(1),
+            )
+            .unwrap_or(u32::MAX),
         }
     }
 
@@ -359,8 +363,9 @@ enum Close {
     Drain,
 }
 
-/// After an idle close (GOAWAY), the time the client has to close its side.
-const IDLE_DRAIN: Duration = Duration::from_secs(10);
+/// After an idle close (GOAWAY), the time the client has to close its side while no request
+/// is in progress.
+const IDLE_DRAIN: Duration = Duration::from_secs(2);
 
 /// The next deadline of a connection's timers (none while a request is in progress: the
 /// request deadline bounds it).
@@ -472,7 +477,8 @@ async fn drive<I>(
     loop {
         let changed = state.changed.notified();
         let deadline = match (closing, drain_until) {
-            (_, Some(at)) => Some((at, Close::Drain)),
+            // A request that began just before the GOAWAY is answered first.
+            (_, Some(at)) => (state.lock().in_flight == 0).then_some((at, Close::Drain)),
             (true, None) => None,
             (false, None) => next_deadline(&state, &ctx.limits),
         };
@@ -492,7 +498,10 @@ async fn drive<I>(
             () = changed => {}
             () = timer => {
                 if drain_until.is_some() {
-                    return;
+                    if state.lock().in_flight == 0 {
+                        return;
+                    }
+                    continue;
                 }
                 // Checked again: a request may have started as the timer fired.
                 let Some((at, why)) = next_deadline(&state, &ctx.limits) else { continue };
