@@ -574,3 +574,126 @@ async fn half_open_handshakes_from_one_source_leave_room_for_everyone_else() {
 fn raise_own_open_file_limit() {
     let _ = gatehouse::rlimit::raise_nofile();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The idle-close race: a client that keeps idle connections for less than the server's idle
+// timeout (as the API server's 90 s against the 120 s default) and never retries never meets
+// a connection Gatehouse closed, at any interval between requests.
+
+/// Log lines captured from this thread's tracing output.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn requests_at_any_interval_never_meet_a_connection_closed_by_gatehouse() {
+    // One thread: the server's tasks log to the subscriber set here.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("gatehouse=debug"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Every server timeout scaled down 240×: header 100 ms, deadline 200 ms, idle 500 ms; the
+    // client keeps idle connections for 400 ms (the API server: 90 s against 120 s).
+    let s = TestServer::start_with(None, |c| {
+        c.limits.header_read_timeout = Duration::from_millis(100);
+        c.limits.request_timeout = Duration::from_millis(200);
+        c.limits.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let client = ApiClient::new(&s, Duration::from_millis(400), 25);
+    // Intervals straddling every timeout, client and server.
+    const GAPS_MS: [u64; 14] = [
+        10, 90, 100, 110, 190, 200, 210, 390, 400, 410, 490, 500, 510, 600,
+    ];
+    const SENDERS: usize = 4;
+    const TRIES: usize = 70;
+    let body = Bytes::from(example_review("create-3-replicas", |_| {}));
+    let mut senders = tokio::task::JoinSet::new();
+    for k in 0..SENDERS {
+        let (client, body) = (client.clone(), body.clone());
+        senders.spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..TRIES {
+                let gap = GAPS_MS[(i * 5 + k * 3) % GAPS_MS.len()];
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+                match client.post(body.clone()).await {
+                    Ok((200, _)) => {}
+                    Ok((status, b)) => failures.push(format!(
+                        "after {gap} ms: {status} {}",
+                        String::from_utf8_lossy(&b)
+                    )),
+                    Err(e) => failures.push(format!("after {gap} ms: {e}")),
+                }
+            }
+            failures
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = senders.join_next().await {
+        failures.extend(r.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        SENDERS * TRIES
+    );
+    assert!(
+        client.dialed.load(Ordering::Relaxed) < SENDERS * TRIES,
+        "connections were reused"
+    );
+    assert!(
+        !logs.text().contains("header_read_timeout"),
+        "no header timeout between requests"
+    );
+
+    // A connection left idle past the server's idle timeout is closed by Gatehouse, and the
+    // close is logged at debug with its reason.
+    let mut idle = client.dial().await.unwrap();
+    let req = hyper::Request::post("/validate")
+        .header("host", "localhost")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    assert_eq!(idle.send_request(req).await.unwrap().status(), 200);
+    let started = Instant::now();
+    while !idle.is_closed() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("closing an idle connection"))
+        .unwrap_or_else(|| panic!("no idle close logged: {text}"));
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(line.contains("reason=\"idle_timeout\""), "{line}");
+    assert!(line.contains("listener=\"webhook\""), "{line}");
+}
