@@ -35,32 +35,42 @@ pub fn raise_nofile() -> Option<u64> {
     }
 }
 
-/// Fits connection caps (`(config key, cap)`) below an open-file limit: when their sum does not
-/// leave [`RESERVED`] descriptors (a quarter of a small limit) free, each is scaled down in
-/// proportion (at least 1) and the change is logged. Returns whether anything changed.
+/// Fits connection caps (`(config key, cap)`) below an open-file limit, leaving [`RESERVED`]
+/// descriptors (a quarter of a small limit) free. When the caps do not fit, the room is shared
+/// fairly: the smaller caps keep their value while it is at most an equal share, the larger
+/// ones split what is left, so a small listener (health) keeps room beside a large one. Each
+/// lowered cap is logged when `log` is set. Returns whether anything changed.
 pub fn fit_caps(limit: Option<u64>, caps: &mut [(&str, &mut usize)], log: bool) -> bool {
     let Some(limit) = limit else {
         return false;
     };
     let reserve = RESERVED.min(limit / 4);
-    let room = limit.saturating_sub(reserve).max(1);
+    let room = limit.saturating_sub(reserve).max(caps.len() as u64);
     let sum: u64 = caps.iter().map(|(_, c)| **c as u64).sum();
     if sum <= room {
         return false;
     }
-    for (key, cap) in caps.iter_mut() {
-        let fitted = ((**cap as u64).saturating_mul(room) / sum).max(1);
-        let fitted = usize::try_from(fitted).unwrap_or(usize::MAX);
-        if log {
-            tracing::warn!(
-                key = %format_args!("limits.{key}"),
-                configured = **cap,
-                used = fitted,
-                open_file_limit = limit,
-                "connection cap lowered to fit the open-file limit"
-            );
+    let mut order: Vec<usize> = (0..caps.len()).collect();
+    order.sort_by_key(|&i| *caps[i].1);
+    let mut left = room;
+    for (n, &i) in order.iter().enumerate() {
+        let (key, cap) = &mut caps[i];
+        let share = left / (order.len() - n) as u64;
+        let fitted = (**cap as u64).min(share).max(1);
+        left = left.saturating_sub(fitted);
+        if fitted < **cap as u64 {
+            let fitted = usize::try_from(fitted).unwrap_or(usize::MAX);
+            if log {
+                tracing::warn!(
+                    key = %format_args!("limits.{key}"),
+                    configured = **cap,
+                    used = fitted,
+                    open_file_limit = limit,
+                    "connection cap lowered to fit the open-file limit"
+                );
+            }
+            **cap = fitted;
         }
-        **cap = fitted;
     }
     true
 }
@@ -71,30 +81,30 @@ mod tests {
 
     #[test]
     fn caps_are_kept_below_the_open_file_limit() {
-        let (mut a, mut b) = (4096, 128);
-        assert!(!fit_caps(None, &mut [("a", &mut a), ("b", &mut b)], false));
-        assert!(!fit_caps(
-            Some(1_048_576),
-            &mut [("a", &mut a), ("b", &mut b)]
-        ));
-        assert_eq!((a, b), (4096, 128));
+        let (mut web, mut health, mut admin) = (4096, 128, 256);
+        let mut caps = [
+            ("max_connections", &mut web),
+            ("health_max_connections", &mut health),
+            ("token_admin_max_connections", &mut admin),
+        ];
+        assert!(!fit_caps(None, &mut caps, false));
+        assert!(!fit_caps(Some(1_048_576), &mut caps, false));
+        drop(caps);
+        assert_eq!((web, health, admin), (4096, 128, 256));
 
-        assert!(fit_caps(
-            Some(1024),
-            &mut [("a", &mut a), ("b", &mut b)],
-            false
-        ));
-        // 1024 - 256 reserved = 768 shared in proportion.
-        assert_eq!((a, b), (741, 23));
-        assert!(a + b <= 768);
+        // 1024 - 256 reserved = 768: health keeps 128, the token endpoint its 256, the
+        // webhook the rest.
+        let mut caps = [("a", &mut web), ("b", &mut health), ("c", &mut admin)];
+        assert!(fit_caps(Some(1024), &mut caps, false));
+        drop(caps);
+        assert_eq!((web, health, admin), (384, 128, 256));
 
-        let (mut a, mut b) = (4096, 1);
-        assert!(fit_caps(
-            Some(64),
-            &mut [("a", &mut a), ("b", &mut b)],
-            false
-        ));
-        assert_eq!((a, b), (47, 1));
+        // 256 - 64 reserved = 192, shared equally.
+        let (mut web, mut health, mut admin) = (4096, 128, 256);
+        let mut caps = [("a", &mut web), ("b", &mut health), ("c", &mut admin)];
+        assert!(fit_caps(Some(256), &mut caps, false));
+        drop(caps);
+        assert_eq!((web, health, admin), (64, 64, 64));
     }
 
     #[test]

@@ -697,3 +697,143 @@ async fn requests_at_any_interval_never_meet_a_connection_closed_by_gatehouse() 
     assert!(line.contains("reason=\"idle_timeout\""), "{line}");
     assert!(line.contains("listener=\"webhook\""), "{line}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Descriptor exhaustion: the real binary under a low open-file limit; idle connections on the
+// health and token ports, from two other addresses, cannot stop the webhook or /healthz.
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn idle_connections_on_the_health_and_token_ports_cannot_exhaust_descriptors() {
+    gatehouse::tls::install_default_provider();
+    raise_own_open_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, health, admin) = (free_port(), free_port(), free_port());
+    let key = dir.path().join("admin.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef0123").unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    // `ulimit -n` sets the soft and the hard limit: Gatehouse cannot raise it.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -n 512 && exec \"$0\" serve",
+        env!("CARGO_BIN_EXE_gatehouse"),
+    ])
+    .current_dir(common::repo());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATEHOUSE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .env("GATEHOUSE_LISTEN", format!("127.0.0.1:{webhook}"))
+        .env("GATEHOUSE_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+        .env(
+            "GATEHOUSE_TOKEN_ADMIN__LISTEN",
+            format!("127.0.0.1:{admin}"),
+        )
+        .env("GATEHOUSE_TOKEN_ADMIN__KEY_FILE", &key)
+        .env("GATEHOUSE_DATA_DIR", dir.path().join("data"))
+        .env("GATEHOUSE_RELOAD_INTERVAL", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn gatehouse");
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthz = format!("http://127.0.0.1:{health}/healthz");
+    let started = Instant::now();
+    loop {
+        if plain
+            .get(&healthz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gatehouse did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ca = std::fs::read_to_string(dir.path().join("data/dev-certs/ca.crt")).unwrap();
+
+    // Two attacking addresses hold every idle connection they can get on both ports.
+    let mut held = Vec::new();
+    let mut held_tls = Vec::new();
+    let admin_tls = connector(&ca, b"http/1.1");
+    for attacker in [Ipv4Addr::new(127, 0, 0, 6), Ipv4Addr::new(127, 0, 0, 7)] {
+        for _ in 0..300 {
+            if let Ok(mut tcp) =
+                tcp_from(attacker, SocketAddr::from(([127, 0, 0, 1], health))).await
+            {
+                let _ = tcp
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await;
+                held.push(tcp);
+            }
+            if let Ok(tcp) = tcp_from(attacker, SocketAddr::from(([127, 0, 0, 1], admin))).await {
+                if let Ok(Ok(tls)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    admin_tls.connect(localhost(), tcp),
+                )
+                .await
+                {
+                    held_tls.push(tls);
+                }
+            }
+        }
+    }
+
+    // The kubelet's probe and the API server's reviews, on new connections.
+    let review = example_review("create-3-replicas", |_| {});
+    for _ in 0..10 {
+        let probe = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = probe.get(&healthz).send().await.expect("/healthz answers");
+        assert_eq!(r.status(), 200);
+        let api = common::https_client(&ca);
+        let r = api
+            .post(format!("https://localhost:{webhook}/validate"))
+            .header("content-type", "application/json")
+            .body(review.clone())
+            .send()
+            .await
+            .expect("the webhook answers");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+    }
+    let metrics = plain
+        .get(format!("http://127.0.0.1:{health}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_rejected_requests_total{reason=\"source_connection_limit\"}"),
+        "the attackers met their per-source caps"
+    );
+    drop(held);
+    drop(held_tls);
+    common::sigterm(&child);
+    let status = common::wait_exit(&mut child).await;
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("cannot accept"), "{log}");
+    assert!(
+        log.contains("connection cap lowered to fit the open-file limit"),
+        "{log}"
+    );
+}
