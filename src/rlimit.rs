@@ -89,21 +89,18 @@ mod tests {
         ];
         assert!(!fit_caps(None, &mut caps, false));
         assert!(!fit_caps(Some(1_048_576), &mut caps, false));
-        drop(caps);
         assert_eq!((web, health, admin), (4096, 128, 256));
 
         // 1024 - 256 reserved = 768: health keeps 128, the token endpoint its 256, the
         // webhook the rest.
         let mut caps = [("a", &mut web), ("b", &mut health), ("c", &mut admin)];
         assert!(fit_caps(Some(1024), &mut caps, false));
-        drop(caps);
         assert_eq!((web, health, admin), (384, 128, 256));
 
         // 256 - 64 reserved = 192, shared equally.
         let (mut web, mut health, mut admin) = (4096, 128, 256);
         let mut caps = [("a", &mut web), ("b", &mut health), ("c", &mut admin)];
         assert!(fit_caps(Some(256), &mut caps, false));
-        drop(caps);
         assert_eq!((web, health, admin), (64, 64, 64));
     }
 

@@ -781,15 +781,14 @@ async fn idle_connections_on_the_health_and_token_ports_cannot_exhaust_descripto
                     .await;
                 held.push(tcp);
             }
-            if let Ok(tcp) = tcp_from(attacker, SocketAddr::from(([127, 0, 0, 1], admin))).await {
-                if let Ok(Ok(tls)) = tokio::time::timeout(
+            if let Ok(tcp) = tcp_from(attacker, SocketAddr::from(([127, 0, 0, 1], admin))).await
+                && let Ok(Ok(tls)) = tokio::time::timeout(
                     Duration::from_secs(2),
                     admin_tls.connect(localhost(), tcp),
                 )
                 .await
-                {
-                    held_tls.push(tls);
-                }
+            {
+                held_tls.push(tls);
             }
         }
     }
