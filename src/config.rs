@@ -200,6 +200,41 @@ impl Limits {
     }
 }
 
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_outlast_the_api_servers_pool_and_leave_it_room() {
+        let l = Limits::default();
+        assert_eq!(l.validate(), Ok(()));
+        // The API server keeps idle connections 90 s: Gatehouse must not close them first.
+        assert!(l.idle_timeout > Duration::from_secs(90));
+        // One connection per review in flight plus 25 idle, from one address.
+        assert!(l.max_connections_per_source >= l.max_concurrent_requests + 25);
+        assert!(l.max_streams_per_connection * 2 <= l.max_concurrent_requests);
+        assert!(l.max_connections_per_source * 4 <= l.max_connections);
+    }
+
+    #[test]
+    fn each_cap_must_be_at_least_one_and_is_named() {
+        let mut l = Limits {
+            health_max_connections_per_source: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            l.validate(),
+            Err("limits.health_max_connections_per_source must be at least 1".into())
+        );
+        l.health_max_connections_per_source = 1;
+        l.max_handshakes_per_source = 0;
+        assert_eq!(
+            l.validate(),
+            Err("limits.max_handshakes_per_source must be at least 1".into())
+        );
+    }
+}
+
 /// The optional HTTPS endpoint that issues one-time tokens (for pipelines). Off unless
 /// `listen` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

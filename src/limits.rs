@@ -195,7 +195,10 @@ impl BodyReader {
     async fn read(&self, body: Body, expected: Option<usize>) -> Result<Bytes, BodyError> {
         let started = Instant::now();
         let mut body = body;
-        let mut buf = Vec::with_capacity(expected.unwrap_or(0).min(self.max_body_bytes));
+        // An announced length is not trusted for more than 1 MiB up front: the buffer grows as
+        // the bytes arrive.
+        let mut buf =
+            Vec::with_capacity(expected.unwrap_or(0).min(self.max_body_bytes).min(1 << 20));
         loop {
             let frame = match self.allowed_until(started, buf.len()) {
                 Some(until) => tokio::time::timeout_at(until, body.frame())

@@ -243,8 +243,8 @@ async fn a_client_that_sends_part_of_the_headers_is_disconnected() {
 
 #[tokio::test]
 async fn a_stalled_second_request_on_a_kept_alive_connection_is_disconnected() {
-    // After the first request the first-request timeout no longer applies: this is hyper's
-    // HTTP/1.1 header read timeout alone.
+    // The header timer starts with the first byte of the second request (not when the first
+    // one ended: an idle kept-alive connection waits for the idle timeout).
     let s = TestServer::start_with(None, |c| c.limits.header_read_timeout = SHORT).await;
     let mut conn = h1(&s).await;
     let mut buf = Vec::new();
