@@ -836,3 +836,47 @@ async fn idle_connections_on_the_health_and_token_ports_cannot_exhaust_descripto
         "{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Handshakes in progress per source address.
+
+#[tokio::test]
+async fn handshakes_in_progress_are_capped_per_source_address() {
+    let s = TestServer::start_with(None, |c| {
+        c.limits.max_handshakes_per_source = 2;
+        c.limits.tls_handshake_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let hog = Ipv4Addr::new(127, 0, 0, 8);
+    // Two sockets that never send a ClientHello take this address's two turns.
+    let mut silent = vec![
+        tcp_from(hog, s.addr).await.unwrap(),
+        tcp_from(hog, s.addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tls = connector(&s.ca_pem, b"http/1.1");
+    let third = tokio::spawn({
+        let tls = tls.clone();
+        let addr = s.addr;
+        async move {
+            let tcp = tcp_from(hog, addr).await.unwrap();
+            tls.connect(localhost(), tcp).await
+        }
+    });
+    // Another address is not held up: its handshake and a review go through at once.
+    let other = tcp_from(Ipv4Addr::new(127, 0, 0, 9), s.addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), tls.connect(localhost(), other))
+        .await
+        .expect("another address's handshake is not queued behind the hog's")
+        .expect("handshake");
+    // The same address's third handshake waits for a turn …
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "the third handshake waits for a turn");
+    // … which it gets as soon as one of the silent sockets goes away.
+    drop(silent.pop());
+    let done = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the turn came once a silent socket closed")
+        .unwrap();
+    assert!(done.is_ok(), "{done:?}");
+}
