@@ -129,7 +129,7 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         let (tcp, peer) = match accepted {
             Ok(a) => a,
-            Err(e) => {
+            Err(e) if is_resource_error(&e) => {
                 // Out of descriptors or memory: wait a little instead of spinning, and say so
                 // (at most once a second).
                 if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -137,6 +137,11 @@ pub async fn serve(
                     last_accept_warning = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => {
+                // A connection that went away before it was accepted, and the like.
+                tracing::debug!(listener = ctx.limits.name, error = %e, "accept failed");
                 continue;
             }
         };
@@ -166,6 +171,12 @@ pub async fn serve(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Out of descriptors (EMFILE, ENFILE) or memory (ENOBUFS, ENOMEM): accepting again at once
+/// would fail the same way.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
 }
 
 /// What every connection of one listener shares.
