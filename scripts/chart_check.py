@@ -256,6 +256,14 @@ def check_common(objs: list[dict], release: str, ns: str, svc_name: str, label: 
     F.eq(config["policies"], mounts["policies"]["mountPath"], f"{label}: policies is the policies mount")
     F.eq(config["limits"]["request_timeout"], f"{max(1, wh['timeoutSeconds'] - 1)}s",
          f"{label}: request_timeout one second below timeoutSeconds")
+    limits = config["limits"]
+    idle = limits.get("idle_timeout", "")
+    F.check(idle.endswith("s") and not idle.endswith("ms") and idle[:-1].isdigit() and int(idle[:-1]) > 90,
+            f"{label}: idle_timeout {idle!r} outlasts the API server's 90 s idle keep-alive")
+    F.check(limits.get("max_connections_per_source", 0) >= limits.get("max_concurrent_requests", 1 << 30) + 25,
+            f"{label}: max_connections_per_source leaves the API server its requests in flight + 25 idle")
+    F.check(limits.get("max_streams_per_connection", 1 << 30) < limits.get("max_concurrent_requests", 0),
+            f"{label}: one HTTP/2 connection cannot take every request slot")
     F.check({"kube-system", ns} <= set(config["excluded_namespaces"]),
             f"{label}: Gatehouse itself excludes kube-system and {ns}")
     F.eq(config["listen"].rsplit(":", 1)[1], str(ports["webhook"]), f"{label}: listen port = container port")

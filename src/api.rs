@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, DecodeError};
-use crate::limits::{BodyBudget, RequestLimit, limit_requests, reserve_body};
+use crate::limits::{
+    BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, limit_requests, read_body,
+};
 use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
@@ -56,7 +58,8 @@ pub struct RouteLimits {
     pub request_timeout: Duration,
     /// Requests in progress; more get 503 at once.
     pub max_concurrent_requests: usize,
-    /// Request-body bytes in progress at once; past it requests wait within their deadline.
+    /// Request-body bytes in progress at once; past it requests that do not fit wait within
+    /// their deadline.
     pub max_inflight_body_bytes: usize,
 }
 
@@ -94,27 +97,48 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The webhook router (`POST /validate`), with limits, timeout and panic catching.
+/// The webhook router (`POST /validate`), with limits, timeout and panic catching (and the
+/// default minimum body rate).
 pub fn router(state: AppState, limits: RouteLimits) -> Router {
+    router_with_rate(state, limits, BodyRate::default())
+}
+
+/// [`router`] with a minimum body rate of its own.
+pub fn router_with_rate(state: AppState, limits: RouteLimits, rate: BodyRate) -> Router {
     let routes = Router::new()
         .route("/validate", post(validate))
         .with_state(state.clone());
-    harden(routes, limits, state.metrics)
+    harden_with_rate(routes, limits, rate, state.metrics)
 }
 
-/// Wraps routes in the body limit, the request deadline, the cap on requests in progress and
-/// a panic catcher (500, the process lives on). Public so tests can check the layers on a
-/// route of their own.
+/// Wraps routes in the body reader (size limit with a JSON 413, byte budget, minimum data
+/// rate with a 408), the request deadline, the cap on requests in progress and a panic catcher
+/// (500, the process lives on). Public so tests can check the layers on a route of their own.
 pub fn harden(routes: Router, limits: RouteLimits, metrics: Arc<Metrics>) -> Router {
+    harden_with_rate(routes, limits, BodyRate::default(), metrics)
+}
+
+/// [`harden`] with a minimum body rate of its own.
+pub fn harden_with_rate(
+    routes: Router,
+    limits: RouteLimits,
+    rate: BodyRate,
+    metrics: Arc<Metrics>,
+) -> Router {
     let panic_metrics = metrics.clone();
     let deadline_metrics = metrics.clone();
     let max_deadline = limits.request_timeout;
+    let reader = BodyReader {
+        max_body_bytes: limits.max_body_bytes,
+        budget: BodyBudget::new(limits.max_inflight_body_bytes),
+        min_bytes_per_second: rate.min_bytes_per_second,
+        grace: rate.grace,
+        metrics: metrics.clone(),
+    };
     routes
+        // The body reader has read the body whole; this only lifts axum's own 2 MB default.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            BodyBudget::new(limits.max_inflight_body_bytes, limits.max_body_bytes),
-            reserve_body,
-        ))
+        .layer(axum::middleware::from_fn_with_state(reader, read_body))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
                 let metrics = deadline_metrics.clone();
@@ -159,11 +183,7 @@ async fn deadline(max: Duration, metrics: Arc<Metrics>, req: Request, next: Next
         Err(_) => {
             metrics.reject("timeout");
             tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"error": "deadline exceeded"})),
-            )
-                .into_response()
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "deadline exceeded")
         }
     }
 }

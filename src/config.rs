@@ -44,7 +44,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Limits that keep one bad client from hurting the API server's requests.
+/// Limits that keep one bad client from hurting the API server's requests. Every listener
+/// (webhook, health/metrics, token endpoint) has a connection cap, a per-source connection cap,
+/// the handshake, header and idle timeouts, and the per-source handshake cap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -62,22 +64,48 @@ pub struct Limits {
     pub shutdown_delay: Duration,
     /// Open connections on the webhook listener; more are closed at once.
     pub max_connections: usize,
+    /// Open connections on the webhook listener from one client address; more are closed at
+    /// once. The API server opens one connection per review in flight and keeps up to 25
+    /// idle, so keep it well above `max_concurrent_requests` + 25.
+    pub max_connections_per_source: usize,
+    /// TLS handshakes in progress from one client address (every TLS listener); more wait
+    /// for a turn within `tls_handshake_timeout`.
+    pub max_handshakes_per_source: usize,
     /// Requests in progress; more are answered 503 at once.
     pub max_concurrent_requests: usize,
+    /// Requests in progress on one HTTP/2 connection (its concurrent stream limit); never
+    /// more than half of `max_concurrent_requests`, so one connection cannot take them all.
+    pub max_streams_per_connection: usize,
     /// Request bodies being read or evaluated at once, in bytes (parsing takes a multiple of
-    /// a body's size in memory); past it, requests wait within their deadline.
+    /// a body's size in memory); past it, requests that do not fit wait within their
+    /// deadline while requests that fit go ahead.
     pub max_inflight_body_bytes: usize,
-    /// A connection on which the client sends nothing for this long is closed (HTTP/2 has
-    /// no header timeout between requests). Keep it above `request_timeout`.
+    /// Slowest accepted request body, in bytes per second after `body_rate_grace`; a body
+    /// that arrives slower is answered 408.
+    pub min_body_bytes_per_second: u64,
+    /// Time a body may take before `min_body_bytes_per_second` applies.
+    #[serde(with = "humantime_secs")]
+    pub body_rate_grace: Duration,
+    /// A connection that has carried no request for this long is closed (HTTP/2 with a
+    /// graceful GOAWAY). Only requests count, not PINGs or other bytes. Keep it above the
+    /// API server's 90 s idle keep-alive, so that it closes first and never races a request.
     #[serde(with = "humantime_secs")]
     pub idle_timeout: Duration,
     /// Time a client has to finish the TLS handshake.
     #[serde(with = "humantime_secs")]
     pub tls_handshake_timeout: Duration,
-    /// Time a client has to send a request's headers (HTTP/1.1), and a new connection its
-    /// first request.
+    /// Time a client has to send a request's headers once their first byte has arrived
+    /// (HTTP/1.1).
     #[serde(with = "humantime_secs")]
     pub header_read_timeout: Duration,
+    /// Open connections on the health and metrics listener.
+    pub health_max_connections: usize,
+    /// Open connections on the health and metrics listener from one client address.
+    pub health_max_connections_per_source: usize,
+    /// Open connections on the token endpoint's listener.
+    pub token_admin_max_connections: usize,
+    /// Open connections on the token endpoint's listener from one client address.
+    pub token_admin_max_connections_per_source: usize,
 }
 
 impl Default for Limits {
@@ -87,13 +115,123 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(9),
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
-            max_connections: 1024,
+            max_connections: 4096,
+            max_connections_per_source: 512,
+            max_handshakes_per_source: 64,
             max_concurrent_requests: 256,
+            max_streams_per_connection: 32,
             max_inflight_body_bytes: 16 * 1024 * 1024,
-            idle_timeout: Duration::from_secs(30),
+            min_body_bytes_per_second: 256 * 1024,
+            body_rate_grace: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(120),
             tls_handshake_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(5),
+            health_max_connections: 128,
+            health_max_connections_per_source: 32,
+            token_admin_max_connections: 256,
+            token_admin_max_connections_per_source: 64,
         }
+    }
+}
+
+impl Limits {
+    /// Checks that the limits are usable and consistent; the message names the keys.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes < 1024 {
+            return Err(format!(
+                "limits.max_body_bytes is {}: it must be at least 1024",
+                self.max_body_bytes
+            ));
+        }
+        let at_least_one = [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_source",
+                self.max_connections_per_source,
+            ),
+            ("max_handshakes_per_source", self.max_handshakes_per_source),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection,
+            ),
+            ("health_max_connections", self.health_max_connections),
+            (
+                "health_max_connections_per_source",
+                self.health_max_connections_per_source,
+            ),
+            (
+                "token_admin_max_connections",
+                self.token_admin_max_connections,
+            ),
+            (
+                "token_admin_max_connections_per_source",
+                self.token_admin_max_connections_per_source,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("limits.{key} must be at least 1"));
+            }
+        }
+        if self.idle_timeout <= self.request_timeout {
+            return Err(format!(
+                "limits.idle_timeout ({}) must be longer than limits.request_timeout ({})",
+                format_duration(self.idle_timeout),
+                format_duration(self.request_timeout)
+            ));
+        }
+        if self.max_inflight_body_bytes < self.max_body_bytes {
+            return Err(format!(
+                "limits.max_inflight_body_bytes ({}) must be at least limits.max_body_bytes ({})",
+                self.max_inflight_body_bytes, self.max_body_bytes
+            ));
+        }
+        if self.tls_handshake_timeout.is_zero() || self.header_read_timeout.is_zero() {
+            return Err(
+                "limits.tls_handshake_timeout and limits.header_read_timeout must be more than 0s"
+                    .into(),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return Err("limits.request_timeout must be more than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_outlast_the_api_servers_pool_and_leave_it_room() {
+        let l = Limits::default();
+        assert_eq!(l.validate(), Ok(()));
+        // The API server keeps idle connections 90 s: Gatehouse must not close them first.
+        assert!(l.idle_timeout > Duration::from_secs(90));
+        // One connection per review in flight plus 25 idle, from one address.
+        assert!(l.max_connections_per_source >= l.max_concurrent_requests + 25);
+        assert!(l.max_streams_per_connection * 2 <= l.max_concurrent_requests);
+        assert!(l.max_connections_per_source * 4 <= l.max_connections);
+    }
+
+    #[test]
+    fn each_cap_must_be_at_least_one_and_is_named() {
+        let mut l = Limits {
+            health_max_connections_per_source: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            l.validate(),
+            Err("limits.health_max_connections_per_source must be at least 1".into())
+        );
+        l.health_max_connections_per_source = 1;
+        l.max_handshakes_per_source = 0;
+        assert_eq!(
+            l.validate(),
+            Err("limits.max_handshakes_per_source must be at least 1".into())
+        );
     }
 }
 
@@ -281,43 +419,7 @@ impl Config {
                 self.listen
             )));
         }
-        if self.limits.max_body_bytes < 1024 {
-            return Err(ConfigError(format!(
-                "limits.max_body_bytes is {}: it must be at least 1024",
-                self.limits.max_body_bytes
-            )));
-        }
-        if self.limits.max_connections == 0 || self.limits.max_concurrent_requests == 0 {
-            return Err(ConfigError(
-                "limits.max_connections and limits.max_concurrent_requests must be at least 1"
-                    .into(),
-            ));
-        }
-        if self.limits.idle_timeout <= self.limits.request_timeout {
-            return Err(ConfigError(format!(
-                "limits.idle_timeout ({}) must be longer than limits.request_timeout ({})",
-                format_duration(self.limits.idle_timeout),
-                format_duration(self.limits.request_timeout)
-            )));
-        }
-        if self.limits.max_inflight_body_bytes < self.limits.max_body_bytes {
-            return Err(ConfigError(format!(
-                "limits.max_inflight_body_bytes ({}) must be at least limits.max_body_bytes ({})",
-                self.limits.max_inflight_body_bytes, self.limits.max_body_bytes
-            )));
-        }
-        if self.limits.tls_handshake_timeout.is_zero() || self.limits.header_read_timeout.is_zero()
-        {
-            return Err(ConfigError(
-                "limits.tls_handshake_timeout and limits.header_read_timeout must be more than 0s"
-                    .into(),
-            ));
-        }
-        if self.limits.request_timeout.is_zero() {
-            return Err(ConfigError(
-                "limits.request_timeout must be more than 0s".into(),
-            ));
-        }
+        self.limits.validate().map_err(ConfigError)?;
         for ns in &self.excluded_namespaces {
             if ns.is_empty() {
                 return Err(ConfigError(

@@ -1,139 +1,25 @@
-//! Caps that keep idle, slow or too many clients from starving the API server's requests: a
-//! connection cap on the webhook listener and a cap on requests in progress.
+//! Per-request limits that keep slow, large or too many requests from starving the API
+//! server's reviews: a cap on requests in progress, a budget of body bytes in progress that
+//! lets any request that fits go ahead, and reading the body with a size limit and a minimum
+//! data rate. (Connection caps and timers live in [`crate::conn`].)
 
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum_server::accept::Accept;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use http_body_util::BodyExt as _;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// Accepts a TCP connection only while fewer than the cap are open; over the cap the
-/// connection is closed at once (before the TLS handshake) and counted. Sets TCP_NODELAY.
-#[derive(Clone)]
-pub struct ConnectionLimit {
-    permits: Arc<Semaphore>,
-    idle: Duration,
-    metrics: Arc<Metrics>,
-}
-
-impl ConnectionLimit {
-    /// A cap of `max` open connections, each closed after `idle` without a byte from the
-    /// client (keep `idle` above the request deadline).
-    pub fn new(max: usize, idle: Duration, metrics: Arc<Metrics>) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(max)),
-            idle,
-            metrics,
-        }
-    }
-}
-
-/// A TCP stream that holds its slot under the connection cap until it is dropped, and ends
-/// when the client has sent nothing for the idle timeout (HTTP/2 connections have no header
-/// timeout between requests, so without this an idle one would keep its slot for ever).
-pub struct LimitedStream {
-    inner: TcpStream,
-    _permit: OwnedSemaphorePermit,
-    idle: Duration,
-    idle_deadline: Pin<Box<Sleep>>,
-}
-
-impl<S: Send + 'static> Accept<TcpStream, S> for ConnectionLimit {
-    type Stream = LimitedStream;
-    type Service = S;
-    type Future = std::future::Ready<io::Result<(LimitedStream, S)>>;
-
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let result = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let _ = stream.set_nodelay(true);
-                Ok((
-                    LimitedStream {
-                        inner: stream,
-                        _permit: permit,
-                        idle: self.idle,
-                        idle_deadline: Box::pin(tokio::time::sleep(self.idle)),
-                    },
-                    service,
-                ))
-            }
-            Err(_) => {
-                self.metrics.reject("connection_limit");
-                Err(io::Error::other("connection limit reached"))
-            }
-        };
-        std::future::ready(result)
-    }
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    let next = Instant::now() + self.idle;
-                    self.idle_deadline.as_mut().reset(next);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.idle_deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection idle too long",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
+/// A JSON error answer (`{"error": "…"}`), the shape of every error Gatehouse sends.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 /// Requests in progress, capped; over the cap a request is answered 503 at once (the API
@@ -164,11 +50,10 @@ pub async fn limit_requests(
         Ok(_permit) => next.run(req).await,
         Err(_) => {
             limit.metrics.reject("request_limit");
-            (
+            error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"error": "too many requests in progress"})),
+                "too many requests in progress",
             )
-                .into_response()
         }
     }
 }
@@ -176,50 +61,259 @@ pub async fn limit_requests(
 /// A budget of request-body bytes being read or worked on at once. Parsing a review takes a
 /// multiple of its size in memory, so the sum of bodies in progress, not only each body, is
 /// what bounds memory. A request reserves its `Content-Length` (or the body limit when the
-/// length is not announced) before its body is read, and waits, within its deadline, while
-/// the budget is spent.
+/// length is not announced) before its body is read. It is not first come, first served: a
+/// request that fits in what is free goes ahead even while a larger one waits (within its
+/// deadline) for room.
 #[derive(Clone)]
 pub struct BodyBudget {
-    kib: Arc<Semaphore>,
-    total_kib: usize,
-    max_body_kib: usize,
+    inner: Arc<BudgetInner>,
+}
+
+struct BudgetInner {
+    free: Mutex<usize>,
+    total: usize,
+    released: Notify,
+}
+
+/// Bytes reserved from a [`BodyBudget`]; given back when dropped.
+pub struct Reservation {
+    budget: Arc<BudgetInner>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut free = self.budget.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free += self.bytes;
+        drop(free);
+        self.budget.released.notify_waiters();
+    }
 }
 
 impl BodyBudget {
-    /// `total` bytes of bodies at once; `max_body` is what a request without a length reserves.
-    pub fn new(total: usize, max_body: usize) -> Self {
-        let total_kib = total.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS);
+    /// `total` bytes of bodies at once.
+    pub fn new(total: usize) -> Self {
+        let total = total.max(1);
         Self {
-            kib: Arc::new(Semaphore::new(total_kib)),
-            total_kib,
-            max_body_kib: max_body.div_ceil(1024).max(1),
+            inner: Arc::new(BudgetInner {
+                free: Mutex::new(total),
+                total,
+                released: Notify::new(),
+            }),
         }
     }
 
-    fn want_kib(&self, content_length: Option<u64>) -> u32 {
-        let kib = match content_length {
-            Some(n) => usize::try_from(n.div_ceil(1024)).unwrap_or(usize::MAX),
-            None => self.max_body_kib,
-        };
-        // A body larger than the whole budget still gets in (alone); the body limit refuses
-        // it if it is too large.
-        let kib = kib.clamp(1, self.total_kib);
-        u32::try_from(kib).unwrap_or(u32::MAX)
+    /// Takes `bytes` (at least 1, at most the whole budget: a body larger than the budget
+    /// still gets in, alone) if they are free now.
+    pub fn try_reserve(&self, bytes: usize) -> Option<Reservation> {
+        let want = bytes.clamp(1, self.inner.total);
+        let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
+        if *free < want {
+            return None;
+        }
+        *free -= want;
+        Some(Reservation {
+            budget: self.inner.clone(),
+            bytes: want,
+        })
+    }
+
+    /// Waits until `bytes` are free and takes them. Waiters do not queue: whichever fits
+    /// when bytes are given back goes ahead.
+    pub async fn reserve(&self, bytes: usize) -> Reservation {
+        loop {
+            let released = self.inner.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if let Some(r) = self.try_reserve(bytes) {
+                return r;
+            }
+            released.await;
+        }
     }
 }
 
-/// axum middleware applying a [`BodyBudget`].
-pub async fn reserve_body(State(budget): State<BodyBudget>, req: Request, next: Next) -> Response {
+/// The minimum data rate of a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRate {
+    /// Slowest accepted body after `grace`, in bytes per second (0: no minimum).
+    pub min_bytes_per_second: u64,
+    /// Time before the minimum applies.
+    pub grace: Duration,
+}
+
+impl Default for BodyRate {
+    fn default() -> Self {
+        let l = crate::config::Limits::default();
+        Self::from_config(&l)
+    }
+}
+
+impl BodyRate {
+    /// The rate a configuration sets.
+    pub fn from_config(l: &crate::config::Limits) -> Self {
+        Self {
+            min_bytes_per_second: l.min_body_bytes_per_second,
+            grace: l.body_rate_grace,
+        }
+    }
+}
+
+/// How request bodies are read: size limit, byte budget and minimum data rate.
+#[derive(Clone)]
+pub struct BodyReader {
+    /// Largest body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Bodies in progress.
+    pub budget: BodyBudget,
+    /// Slowest accepted body after `grace`, in bytes per second (0: no minimum).
+    pub min_bytes_per_second: u64,
+    /// Time before the minimum rate applies.
+    pub grace: Duration,
+    /// Where refusals are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a body was not read whole.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    TooLarge,
+    TooSlow,
+    Broken,
+}
+
+impl BodyReader {
+    /// The latest moment the next part of the body may arrive, `received` bytes in.
+    fn allowed_until(&self, started: Instant, received: usize) -> Option<Instant> {
+        if self.min_bytes_per_second == 0 {
+            return None;
+        }
+        let secs = received as f64 / self.min_bytes_per_second as f64;
+        Some(started + self.grace + Duration::from_secs_f64(secs.min(86_400.0)))
+    }
+
+    async fn read(&self, body: Body, expected: Option<usize>) -> Result<Bytes, BodyError> {
+        let started = Instant::now();
+        let mut body = body;
+        // An announced length is not trusted for more than 1 MiB up front: the buffer grows as
+        // the bytes arrive.
+        let mut buf =
+            Vec::with_capacity(expected.unwrap_or(0).min(self.max_body_bytes).min(1 << 20));
+        loop {
+            let frame = match self.allowed_until(started, buf.len()) {
+                Some(until) => tokio::time::timeout_at(until, body.frame())
+                    .await
+                    .map_err(|_| BodyError::TooSlow)?,
+                None => body.frame().await,
+            };
+            match frame {
+                None => return Ok(Bytes::from(buf)),
+                Some(Err(_)) => return Err(BodyError::Broken),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > self.max_body_bytes {
+                            return Err(BodyError::TooLarge);
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a body larger than the limit: a JSON 413, counted as `body_too_large`.
+fn too_large(reader: &BodyReader) -> Response {
+    reader.metrics.reject("body_too_large");
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "request body is larger than limits.max_body_bytes ({} bytes)",
+            reader.max_body_bytes
+        ),
+    )
+}
+
+/// axum middleware: refuses an announced length over the limit at once, reserves the body's
+/// bytes from the budget (waiting, within the deadline, while they are not free), then reads
+/// the whole body with the size limit and the minimum rate, and hands the handler the bytes.
+/// The reservation is held until the answer is ready.
+pub async fn read_body(State(reader): State<BodyReader>, req: Request, next: Next) -> Response {
     let length = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let want = budget.want_kib(length);
-    match budget.kib.clone().acquire_many_owned(want).await {
-        Ok(_permit) => next.run(req).await,
-        // The semaphore is never closed; answer as overloaded if it ever is.
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    if let Some(n) = length
+        && n > reader.max_body_bytes as u64
+    {
+        return keep_body_until_sent(req, too_large(&reader));
+    }
+    let expected = length.map_or(reader.max_body_bytes, |n| n as usize);
+    let _reservation = reader.budget.reserve(expected).await;
+    let (parts, body) = req.into_parts();
+    match reader.read(body, length.map(|n| n as usize)).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(BodyError::TooLarge) => too_large(&reader),
+        Err(BodyError::TooSlow) => {
+            reader.metrics.reject("body_too_slow");
+            tracing::info!(
+                min_bytes_per_second = reader.min_bytes_per_second,
+                "request body arrived too slowly; answered 408"
+            );
+            error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body arrived too slowly",
+            )
+        }
+        Err(BodyError::Broken) => {
+            reader.metrics.reject("body_error");
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
+    }
+}
+
+/// Answers `resp` while the request's unread body stays open until the answer has been sent:
+/// over HTTP/2, dropping the body first resets the stream, and the client never sees the
+/// answer.
+fn keep_body_until_sent(req: Request, resp: Response) -> Response {
+    let unread = req.into_body();
+    resp.map(|body| {
+        Body::new(KeepAlong {
+            body,
+            _unread: unread,
+        })
+    })
+}
+
+struct KeepAlong {
+    body: Body,
+    _unread: Body,
+}
+
+impl http_body::Body for KeepAlong {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -227,12 +321,60 @@ pub async fn reserve_body(State(budget): State<BodyBudget>, req: Request, next: 
 mod tests {
     use super::*;
 
-    #[test]
-    fn body_budget_reserves_the_announced_length_within_bounds() {
-        let b = BodyBudget::new(16 * 1024 * 1024, 7 * 1024 * 1024);
-        assert_eq!(b.want_kib(Some(0)), 1);
-        assert_eq!(b.want_kib(Some(5000)), 5);
-        assert_eq!(b.want_kib(None), 7 * 1024);
-        assert_eq!(b.want_kib(Some(u64::MAX)), 16 * 1024);
+    #[tokio::test]
+    async fn a_request_that_fits_goes_ahead_of_a_larger_waiter() {
+        let budget = BodyBudget::new(10);
+        let first = budget.try_reserve(6).expect("6 of 10 free");
+        let large = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(8).await }
+        });
+        tokio::task::yield_now().await;
+        // 4 bytes are free: a small request is not queued behind the waiting 8.
+        let small = budget
+            .try_reserve(4)
+            .expect("a request that fits goes ahead");
+        assert!(budget.try_reserve(1).is_none());
+        drop(first);
+        drop(small);
+        let large = tokio::time::timeout(Duration::from_secs(5), large)
+            .await
+            .expect("the waiter gets its bytes once they are free")
+            .unwrap();
+        assert!(budget.try_reserve(3).is_none());
+        assert!(budget.try_reserve(2).is_some());
+        drop(large);
+        assert!(budget.try_reserve(100).is_some(), "larger than all: alone");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_within_the_size_limit_and_rate() {
+        let reader = BodyReader {
+            max_body_bytes: 8,
+            budget: BodyBudget::new(16),
+            min_bytes_per_second: 1000,
+            grace: Duration::from_millis(100),
+            metrics: Arc::new(Metrics::new()),
+        };
+        assert_eq!(
+            reader.read(Body::from("12345678"), Some(8)).await,
+            Ok(Bytes::from("12345678"))
+        );
+        assert_eq!(
+            reader.read(Body::from("123456789"), None).await,
+            Err(BodyError::TooLarge)
+        );
+        // A body that never comes is cut off after the grace, not at the request deadline.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let stalled = Body::from_stream(tokio_stream(rx));
+        let started = std::time::Instant::now();
+        assert_eq!(reader.read(stalled, Some(8)).await, Err(BodyError::TooSlow));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    fn tokio_stream(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

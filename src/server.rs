@@ -1,5 +1,6 @@
-//! The two listeners: HTTPS for the webhook (axum-server + rustls) and plain HTTP for health
-//! and metrics; graceful shutdown of both.
+//! The two listeners: HTTPS for the webhook (rustls) and plain HTTP for health and metrics,
+//! each served by [`crate::conn::serve`] with its own connection caps and timers; graceful
+//! shutdown of both.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -7,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api::{self, AppState, RouteLimits};
 use crate::config::{Config, Limits};
-use crate::limits::ConnectionLimit;
+use crate::conn::{self, ListenerLimits};
+use crate::limits::BodyRate;
 use crate::notify;
 use crate::policy::{LoadContext, PolicySet};
 use crate::reload::Reloader;
@@ -57,12 +59,14 @@ fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> 
 
 impl Server {
     /// Binds both listeners (port 0 picks a free port) and sets up notifications and the
-    /// live reload of the certificate and policy files.
+    /// live reload of the certificate and policy files. Raises the open-file limit to its
+    /// hard limit first and fits the connection caps of every listener below it.
     pub fn bind(
         config: &Config,
         policies: PolicySet,
         tls: Arc<rustls::ServerConfig>,
     ) -> Result<Self, StartError> {
+        let limits = fitted_limits(config, true);
         let mut state = AppState::new(policies);
         let (notifier, notify_worker) =
             notify::setup(&config.notify, &state.policies.load(), &state.metrics)?;
@@ -73,7 +77,7 @@ impl Server {
             webhook: bind(config.listen, "webhook, TLS")?,
             health: bind(config.health_listen, "health and metrics")?,
             tls: RustlsConfig::from_config(tls),
-            limits: config.limits.clone(),
+            limits,
             reloader,
             notify_worker,
             notify_drain: config.notify.drain_timeout,
@@ -135,42 +139,36 @@ impl Server {
             let _ = notify_stopped.await;
         }));
 
-        let app = api::router(state.clone(), RouteLimits::from_config(&limits));
-        let handle = axum_server::Handle::new();
-        // Connection cap and TCP_NODELAY under the TLS handshake (with its own timeout).
-        let acceptor = RustlsAcceptor::new(tls)
-            .handshake_timeout(limits.tls_handshake_timeout)
-            .acceptor(ConnectionLimit::new(
-                limits.max_connections,
-                limits.idle_timeout,
-                state.metrics.clone(),
-            ));
-        let mut webhook_server = axum_server::from_tcp(webhook)?
-            .acceptor(acceptor)
-            .handle(handle.clone())
-            .first_request_timeout(limits.header_read_timeout);
-        webhook_server
-            .http_builder()
-            .http1()
-            .header_read_timeout(limits.header_read_timeout);
-        webhook_server
-            .http_builder()
-            .http2()
-            .max_concurrent_streams(Some(limits.max_concurrent_requests.clamp(1, 1000) as u32))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let webhook_task = tokio::spawn(webhook_server.serve(app.into_make_service()));
+        let app = api::router_with_rate(
+            state.clone(),
+            RouteLimits::from_config(&limits),
+            BodyRate::from_config(&limits),
+        );
+        let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
+        let webhook_task = tokio::spawn(conn::serve(
+            tokio::net::TcpListener::from_std(webhook)?,
+            Some(tls),
+            app,
+            ListenerLimits::webhook(&limits),
+            state.metrics.clone(),
+            async {
+                let _ = webhook_stopped.await;
+            },
+            limits.shutdown_grace,
+        ));
 
         let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
-        let health_listener = tokio::net::TcpListener::from_std(health)?;
-        let health_app = api::health_router(state.clone());
-        let health_task = tokio::spawn(async move {
-            axum::serve(health_listener, health_app)
-                .with_graceful_shutdown(async {
-                    let _ = health_stopped.await;
-                })
-                .await
-        });
+        let health_task = tokio::spawn(conn::serve(
+            tokio::net::TcpListener::from_std(health)?,
+            None,
+            api::health_router(state.clone()),
+            ListenerLimits::health(&limits),
+            state.metrics.clone(),
+            async {
+                let _ = health_stopped.await;
+            },
+            Duration::from_secs(2),
+        ));
 
         shutdown.await;
         state.ready.store(false, Ordering::Relaxed);
@@ -182,7 +180,7 @@ impl Server {
             tokio::time::sleep(limits.shutdown_delay).await;
         }
         tracing::info!(grace = ?limits.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
-        handle.graceful_shutdown(Some(limits.shutdown_grace));
+        let _ = stop_webhook.send(());
         let result = match webhook_task.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
@@ -191,10 +189,59 @@ impl Server {
         let _ = stop_notify.send(());
         let _ = tokio::time::timeout(notify_drain + Duration::from_secs(2), notify_task).await;
         let _ = stop_health.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), health_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(4), health_task).await;
         tracing::info!("stopped");
         result
     }
+}
+
+/// The configured limits with the connection caps of the listeners in use lowered when
+/// together they would not leave room below the open-file limit (raised to its hard limit
+/// first). The same answer every time, so each listener can ask; `log` says the change once.
+pub fn fitted_limits(config: &Config, log: bool) -> Limits {
+    let mut limits = config.limits.clone();
+    fit_to_open_files(&mut limits, config.token_admin.listen.is_some(), log);
+    limits
+}
+
+fn fit_to_open_files(limits: &mut Limits, token_admin: bool, log: bool) {
+    let open_files = crate::rlimit::raise_nofile();
+    let before = limits.clone();
+    let Limits {
+        max_connections,
+        health_max_connections,
+        token_admin_max_connections,
+        ..
+    } = limits;
+    let mut caps: Vec<(&str, &mut usize)> = vec![
+        ("max_connections", max_connections),
+        ("health_max_connections", health_max_connections),
+    ];
+    if token_admin {
+        caps.push(("token_admin_max_connections", token_admin_max_connections));
+    }
+    if !crate::rlimit::fit_caps(open_files, &mut caps, log) {
+        return;
+    }
+    // A per-source cap keeps its share of its listener's cap.
+    let share = |per_source: usize, cap: usize, was: usize| {
+        (per_source.min(was) as u128 * cap as u128 / was.max(1) as u128).max(1) as usize
+    };
+    limits.max_connections_per_source = share(
+        before.max_connections_per_source,
+        limits.max_connections,
+        before.max_connections,
+    );
+    limits.health_max_connections_per_source = share(
+        before.health_max_connections_per_source,
+        limits.health_max_connections,
+        before.health_max_connections,
+    );
+    limits.token_admin_max_connections_per_source = share(
+        before.token_admin_max_connections_per_source,
+        limits.token_admin_max_connections,
+        before.token_admin_max_connections,
+    );
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -20,8 +20,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
-use crate::api::{RouteLimits, harden};
+use crate::api::{RouteLimits, harden_with_rate};
 use crate::config::{Config, format_duration, parse_duration};
+use crate::conn::ListenerLimits;
+use crate::limits::BodyRate;
 use crate::metrics::Metrics;
 use crate::store::{self, IssueSpec, Tokens};
 
@@ -128,19 +130,21 @@ enum Ttl {
     Text(String),
 }
 
-/// The endpoint's routes: `POST /v1/tokens`.
-pub fn router(state: AdminState, request_timeout: Duration, metrics: Arc<Metrics>) -> Router {
+/// The endpoint's routes: `POST /v1/tokens`, with the request limits of `limits` (its own
+/// body size, request cap and body budget).
+pub fn router(state: AdminState, limits: &crate::config::Limits, metrics: Arc<Metrics>) -> Router {
     let routes = Router::new()
         .route("/v1/tokens", post(issue))
         .with_state(state);
-    harden(
+    harden_with_rate(
         routes,
         RouteLimits {
             max_body_bytes: MAX_BODY_BYTES,
-            request_timeout,
+            request_timeout: limits.request_timeout,
             max_concurrent_requests: 64,
             max_inflight_body_bytes: 4 * MAX_BODY_BYTES,
         },
+        BodyRate::from_config(limits),
         metrics,
     )
 }
@@ -241,6 +245,8 @@ pub struct AdminServer {
     listener: TcpListener,
     app: Router,
     tls: RustlsConfig,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminServer {
@@ -271,8 +277,10 @@ impl AdminServer {
         };
         Ok(Self {
             listener,
-            app: router(state, config.limits.request_timeout, metrics),
+            app: router(state, &config.limits, metrics.clone()),
             tls,
+            limits: ListenerLimits::token_admin(&crate::server::fitted_limits(config, false)),
+            metrics,
         })
     }
 
@@ -284,21 +292,24 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish for `grace`.
+    /// The listener has the same connection limits as the webhook's, with its own caps
+    /// (`limits.token_admin_max_connections`, `limits.token_admin_max_connections_per_source`).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) -> std::io::Result<()> {
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stopper.graceful_shutdown(Some(grace));
-        });
-        axum_server::from_tcp_rustls(self.listener, self.tls)?
-            .handle(handle)
-            .serve(self.app.into_make_service())
-            .await
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        crate::conn::serve(
+            listener,
+            Some(self.tls),
+            self.app,
+            self.limits,
+            self.metrics,
+            shutdown,
+            grace,
+        )
+        .await
     }
 }
 

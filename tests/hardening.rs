@@ -243,8 +243,8 @@ async fn a_client_that_sends_part_of_the_headers_is_disconnected() {
 
 #[tokio::test]
 async fn a_stalled_second_request_on_a_kept_alive_connection_is_disconnected() {
-    // After the first request the first-request timeout no longer applies: this is hyper's
-    // HTTP/1.1 header read timeout alone.
+    // The header timer starts with the first byte of the second request (not when the first
+    // one ended: an idle kept-alive connection waits for the idle timeout).
     let s = TestServer::start_with(None, |c| c.limits.header_read_timeout = SHORT).await;
     let mut conn = h1(&s).await;
     let mut buf = Vec::new();
@@ -269,8 +269,16 @@ async fn a_stalled_second_request_on_a_kept_alive_connection_is_disconnected() {
 }
 
 #[tokio::test]
-async fn a_client_that_completes_tls_and_sends_nothing_is_disconnected() {
-    let s = TestServer::start_with(None, |c| c.limits.header_read_timeout = SHORT).await;
+async fn a_client_that_completes_tls_and_sends_nothing_is_closed_after_the_idle_timeout() {
+    // Only requests count as activity: a connection that never carries one is idle from the
+    // start, and closed after `idle_timeout` (not the header timeout, which only starts with a
+    // request's first byte: a client may open a connection before it has a request for it).
+    let s = TestServer::start_with(None, |c| {
+        c.limits.request_timeout = Duration::from_millis(200);
+        c.limits.idle_timeout = SHORT * 2;
+        c.limits.header_read_timeout = Duration::from_millis(100);
+    })
+    .await;
     // Over HTTP/1.1 and over HTTP/2 (where the client does not even send the preface).
     let connecting = Instant::now();
     let mut over_h1 = tls(&s, b"http/1.1").await.unwrap();
@@ -280,11 +288,11 @@ async fn a_client_that_completes_tls_and_sends_nothing_is_disconnected() {
     assert!(got.is_empty(), "{got:?}");
     let took = closed - connecting;
     assert!(
-        took >= SHORT,
-        "closed by the timeout, not at once: {took:?}"
+        took >= SHORT * 2,
+        "closed by the idle timeout, not the header timeout: {took:?}"
     );
-    let (got, _) = until_closed(&mut over_h2).await;
-    assert!(got.is_empty(), "{got:?}");
+    let (_, closed) = until_closed(&mut over_h2).await;
+    assert!(closed - connecting >= SHORT * 2);
     still_serving(&s).await;
 }
 
@@ -295,6 +303,8 @@ async fn a_client_that_completes_tls_and_sends_nothing_is_disconnected() {
 async fn a_trickled_body_gets_503_deadline_exceeded_and_others_are_served_meanwhile() {
     let s = TestServer::start_with(None, |c| {
         c.limits.request_timeout = Duration::from_secs(1);
+        // The minimum body rate off: only the deadline can end this request.
+        c.limits.min_body_bytes_per_second = 0;
     })
     .await;
     let body = example_review("create-3-replicas", |_| {});
@@ -334,6 +344,40 @@ async fn a_trickled_body_gets_503_deadline_exceeded_and_others_are_served_meanwh
         "the other client was served while the slow one was still sending"
     );
     assert_eq!(rejected(&s, "timeout").await, 1);
+    still_serving(&s).await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_long_before_the_deadline() {
+    let s = TestServer::start_with(None, |c| {
+        c.limits.request_timeout = Duration::from_secs(8);
+        c.limits.body_rate_grace = SHORT;
+    })
+    .await;
+    let body = example_review("create-3-replicas", |_| {});
+    let conn = h1(&s).await;
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let mut buf = Vec::new();
+    send(&mut wr, post_head("/validate", body.len(), true).as_bytes()).await;
+    assert_eq!(response(&mut rd, &mut buf).await.status, 100);
+    let trickle = tokio::spawn(async move {
+        for b in body {
+            if wr.write_all(&[b]).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Answered within the bound, which is shorter than the 8 s deadline: the rate cut it off.
+    let resp = response(&mut rd, &mut buf).await;
+    trickle.abort();
+    assert_eq!(resp.status, 408);
+    assert_eq!(
+        resp.json(),
+        json!({"error": "request body arrived too slowly"})
+    );
+    assert_eq!(rejected(&s, "body_too_slow").await, 1);
+    assert_eq!(rejected(&s, "timeout").await, 0);
     still_serving(&s).await;
 }
 
@@ -406,7 +450,12 @@ async fn connections_over_the_cap_are_closed_at_once() {
 
 #[tokio::test]
 async fn requests_over_the_cap_get_503_at_once() {
-    let s = TestServer::start_with(None, |c| c.limits.max_concurrent_requests = 1).await;
+    let s = TestServer::start_with(None, |c| {
+        c.limits.max_concurrent_requests = 1;
+        // The held body below stalls on purpose: no minimum rate cuts it off here.
+        c.limits.body_rate_grace = Duration::from_secs(30);
+    })
+    .await;
     let body = example_review("create-3-replicas", |_| {});
 
     // A request whose body stalls holds the only slot.
@@ -469,6 +518,7 @@ async fn bodies_in_progress_share_a_byte_budget() {
     let s = TestServer::start_with(None, |c| {
         c.limits.max_body_bytes = 4096;
         c.limits.max_inflight_body_bytes = 4096;
+        c.limits.body_rate_grace = Duration::from_secs(30);
     })
     .await;
     // A request announcing its ~3 KiB body and stalling holds 3 of the 4 KiB.
@@ -747,11 +797,63 @@ async fn huge_json_arrays_under_the_body_limit_are_answered_and_over_it_refused(
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["response"]["allowed"], true, "{body}");
 
-    // A little more than the limit: 413, nothing parsed.
+    // A little more than the limit: a JSON 413, counted, nothing parsed; over HTTP/1.1 and
+    // HTTP/2, announced or streamed without a length.
     let over = valid.replacen("[[],", &format!("[{}", "[],".repeat(1000)), 1);
     assert!(over.len() > LIMIT);
-    let (status, _) = s.post(over).await;
-    assert_eq!(status, 413);
+    let message = format!("request body is larger than limits.max_body_bytes ({LIMIT} bytes)");
+    let h2 = reqwest::Client::builder()
+        .use_preconfigured_tls(common::client_tls(
+            &s.ca_pem,
+            &[&rustls::version::TLS13],
+            &[b"h2"],
+        ))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let h1 = reqwest::Client::builder()
+        .use_preconfigured_tls(common::client_tls(
+            &s.ca_pem,
+            &[&rustls::version::TLS13],
+            &[b"http/1.1"],
+        ))
+        .http1_only()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut sent = 0;
+    for (client, version) in [
+        (&h2, reqwest::Version::HTTP_2),
+        (&h1, reqwest::Version::HTTP_11),
+    ] {
+        for streamed in [false, true] {
+            let body = if streamed {
+                let chunks: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> = over
+                    .as_bytes()
+                    .chunks(64 * 1024)
+                    .map(|c| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(c))))
+                    .collect();
+                reqwest::Body::wrap(http_body_util::StreamBody::new(futures_util::stream::iter(
+                    chunks,
+                )))
+            } else {
+                reqwest::Body::from(over.clone())
+            };
+            let resp = client
+                .post(s.url("/validate"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{version:?} streamed={streamed}: {e:?}"));
+            sent += 1;
+            assert_eq!(resp.version(), version);
+            assert_eq!(resp.status(), 413, "{version:?} streamed={streamed}");
+            let answer: serde_json::Value = resp.json().await.expect("a JSON 413");
+            assert_eq!(answer, json!({ "error": message }));
+        }
+    }
+    assert_eq!(rejected(&s, "body_too_large").await, sent);
     still_serving(&s).await;
 }
 

@@ -97,7 +97,7 @@ app.kubernetes.io/component: admission-webhook
   "excluded_namespaces" $excluded
   "log_format" .Values.config.logFormat
   "reload_interval" .Values.config.reloadInterval
-  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace "shutdown_delay" .Values.config.shutdownDelay "max_inflight_body_bytes" (int64 .Values.config.maxInflightBodyBytes))
+  "limits" (dict "request_timeout" (printf "%ds" $timeout) "shutdown_grace" .Values.config.shutdownGrace "shutdown_delay" .Values.config.shutdownDelay "max_inflight_body_bytes" (int64 .Values.config.maxInflightBodyBytes) "idle_timeout" .Values.config.idleTimeout "max_connections" (int64 .Values.config.maxConnections) "max_connections_per_source" (int64 .Values.config.maxConnectionsPerSource) "max_handshakes_per_source" (int64 .Values.config.maxHandshakesPerSource) "max_concurrent_requests" (int64 .Values.config.maxConcurrentRequests) "max_streams_per_connection" (int64 .Values.config.maxStreamsPerConnection) "min_body_bytes_per_second" (int64 .Values.config.minBodyBytesPerSecond) "body_rate_grace" .Values.config.bodyRateGrace "health_max_connections" (int64 .Values.config.healthMaxConnections) "health_max_connections_per_source" (int64 .Values.config.healthMaxConnectionsPerSource))
 }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.config.extra)) }}
 {{- end }}
