@@ -100,9 +100,13 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    let log_format = config.log_format;
     gatehouse::tls::install_default_provider();
     for name in &report.ignored_env {
-        tracing::warn!(variable = %name, "ignoring environment variable: not a gatehouse setting");
+        tracing::warn!(
+            variable = %name,
+            "ignoring environment variable: not a gatehouse setting (see the README's configuration table)"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,9 +122,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { .. } => match commands::serve::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
+                // Once: as a JSON log line, or as one line for the person at the terminal
+                // (text logs go to the same stderr).
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("gatehouse: {e:#}");
+                    match log_format {
+                        gatehouse::config::LogFormat::Json => tracing::error!("{e:#}"),
+                        gatehouse::config::LogFormat::Text => eprintln!("gatehouse: {e:#}"),
+                    }
                     ExitCode::from(2)
                 }
             },
