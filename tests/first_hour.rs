@@ -132,3 +132,92 @@ fn certs_out_naming_a_file_says_it_wants_a_directory() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
+
+/// Starts `gatehouse serve` with `env`, returns the start summary block from its stderr, and
+/// stops it with SIGTERM.
+fn start_summary(env: &[(&str, &str)]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = gatehouse();
+    cmd.env("XDG_DATA_HOME", data.path())
+        .env("GATEHOUSE_LISTEN", "localhost:0")
+        .env("GATEHOUSE_HEALTH_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut block = Vec::new();
+    let mut seen = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line == "Gatehouse starts with:" || !block.is_empty() {
+            block.push(line.clone());
+        }
+        if line.starts_with("  listening: ") {
+            break;
+        }
+    }
+    common::sigterm(&child);
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    assert!(!block.is_empty(), "no start summary in {seen:#?}");
+    assert!(status.success(), "{status:?}: {seen:#?}");
+    block
+}
+
+#[test]
+fn the_start_summary_says_what_is_in_force() {
+    let block = start_summary(&[
+        ("GATEHOUSE_SMS_TO", "+15551230001,+4930123456"),
+        ("GATEHOUSE_EXCLUDED_NAMESPACES", "kube-system,gatehouse"),
+    ]);
+    assert_eq!(block.len(), 10, "{block:#?}");
+    assert_eq!(
+        block[1..9],
+        [
+            "  1 policy from policies/default.yaml (embedded):",
+            "    min-replicas (replicas, deny)",
+            "  3 notification rules:",
+            "    deployment-created: on created; channels sms; 2 SMS recipients (GATEHOUSE_SMS_TO: +*******0001, +******3456)",
+            "    deployment-updated: on updated; channels sms; 2 SMS recipients (GATEHOUSE_SMS_TO: +*******0001, +******3456)",
+            "    any-denied: on denied; channels sms; 2 SMS recipients (GATEHOUSE_SMS_TO: +*******0001, +******3456)",
+            "  Twilio: not configured: SMS are written to the log instead",
+            "  excluded namespaces: kube-system, gatehouse",
+        ],
+        "{block:#?}"
+    );
+    // `localhost` was resolved at start; both listeners on ports the OS chose.
+    let listening = &block[9];
+    let re = regex::Regex::new(
+        r"^  listening: webhook https://127\.0\.0\.1:[1-9][0-9]*/validate; health and metrics http://127\.0\.0\.1:[1-9][0-9]*$",
+    )
+    .unwrap();
+    assert!(re.is_match(listening), "{listening}");
+    assert!(
+        !block.iter().any(|l| l.contains("5551230001")),
+        "numbers are masked: {block:#?}"
+    );
+}
+
+#[test]
+fn a_policies_setting_replaces_the_defaults_and_the_summary_says_so() {
+    let block = start_summary(&[
+        ("GATEHOUSE_POLICIES", "policies/examples/replicas.yaml"),
+        ("GATEHOUSE_SMS_TO", "+15551230001"),
+    ]);
+    assert_eq!(
+        block[1..4],
+        [
+            "  1 policy from policies/examples/replicas.yaml; `policies` replaces the embedded defaults, their notification rules included:",
+            "    min-replicas-prod (replicas, deny)",
+            "  0 notification rules:",
+        ],
+        "{block:#?}"
+    );
+}
