@@ -39,10 +39,11 @@ else
     unset GATEHOUSE_TEST_POSTGRES_URL
 fi
 
-# Twilio's OpenAPI description, beside the repository in CI only: one test checks the Twilio
-# stand-in's contract against it (and says SKIPPED without it). CI always has it, so there its
+# Twilio's OpenAPI description, beside the repository in CI only (or where
+# GATEHOUSE_TEST_TWILIO_OPENAPI names it): one test checks the Twilio stand-in's contract
+# against it (and says SKIPPED without it). CI always has it, so there its
 # absence is an error rather than a skip.
-twilio_spec="$PWD/../shared/twilio/twilio_api_v2010.json"
+twilio_spec="${GATEHOUSE_TEST_TWILIO_OPENAPI:-$PWD/../shared/twilio/twilio_api_v2010.json}"
 if [ -f "$twilio_spec" ]; then
     export GATEHOUSE_TEST_TWILIO_OPENAPI="$twilio_spec"
 elif $ci; then
