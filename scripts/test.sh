@@ -61,8 +61,10 @@ if $ci || [ "${GATEHOUSE_TEST_FRESH_CLONE:-}" = "1" ]; then
     if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
         echo "scripts/test.sh: uncommitted changes are not in the fresh clone; it tests HEAD" >&2
     fi
-    git clone --quiet --no-hardlinks "$PWD" "$clone_parent/gatehouse"
-    git -C "$clone_parent/gatehouse" checkout --quiet --detach "$(git rev-parse HEAD)"
+    # HEAD fetched by name: CI often checks out a detached commit no branch points to.
+    git clone --quiet --no-checkout --no-hardlinks "$PWD" "$clone_parent/gatehouse"
+    git -C "$clone_parent/gatehouse" fetch --quiet "$PWD" HEAD
+    git -C "$clone_parent/gatehouse" checkout --quiet --detach FETCH_HEAD
     (cd "$clone_parent/gatehouse" && CARGO_TARGET_DIR="$target_dir" cargo test --locked --all-targets)
 else
     cargo test --locked --all-targets
