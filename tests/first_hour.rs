@@ -221,3 +221,49 @@ fn a_policies_setting_replaces_the_defaults_and_the_summary_says_so() {
         "{block:#?}"
     );
 }
+
+#[test]
+fn a_start_error_is_printed_once_in_either_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.yaml");
+    std::fs::write(
+        &file,
+        "- name: min-replicas\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {minimum: 3}\n",
+    )
+    .unwrap();
+    for (format, wanted) in [
+        (
+            "text",
+            "team.yaml: policy \"min-replicas\": params.minimum: unknown field `minimum`",
+        ),
+        (
+            "json",
+            "team.yaml: policy \\\"min-replicas\\\": params.minimum: unknown field `minimum`",
+        ),
+    ] {
+        let out = gatehouse()
+            .env("GATEHOUSE_POLICIES", &file)
+            .env("GATEHOUSE_DATA_DIR", dir.path())
+            .env("GATEHOUSE_LOG_FORMAT", format)
+            .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+            .env("GATEHOUSE_HEALTH_LISTEN", "127.0.0.1:0")
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{format}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches(wanted).count(), 1, "{format}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_nested_variables_warn_and_the_server_starts() {
+    let block = start_summary(&[
+        ("GATEHOUSE_LIMITS__MAX_BODY", "10"),
+        ("GATEHOUSE_EXCLUDED_NAMESPACES", "team-a"),
+    ]);
+    assert!(
+        block.iter().any(|l| l == "  excluded namespaces: team-a"),
+        "{block:#?}"
+    );
+}

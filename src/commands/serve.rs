@@ -13,6 +13,24 @@ use crate::{certs, tls};
 
 /// Loads policies and TLS material, binds both listeners and serves until a signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // One signal stops every listener. The handlers are in place before anything is printed,
+    // so a SIGTERM sent as soon as the start summary shows stops the server cleanly.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (registered, handlers_ready) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut signal = Box::pin(shutdown_signal());
+        // The first poll registers the SIGTERM and SIGINT handlers.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(signal.as_mut(), cx))
+        })
+        .await;
+        let _ = registered.send(());
+        if first.is_pending() {
+            signal.await;
+        }
+        let _ = stop.send(true);
+    });
+    let _ = handlers_ready.await;
     let (policies, token_store) = super::load_policies(&config).await?;
     policy::forward::preflight(policies.policies(), config.limits.request_timeout)?;
     let source = config.policies.as_ref().map_or_else(
@@ -118,12 +136,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             addr.port()
         ));
     }
-    // One signal stops every listener.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
