@@ -6,6 +6,8 @@ pub mod review;
 pub mod serve;
 pub mod tokens;
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 
 use crate::config::Config;
@@ -34,4 +36,17 @@ pub async fn load_policies(config: &Config) -> anyhow::Result<(PolicySet, TokenS
         tracing::info!(store = %described, backend = tokens.backend(), "token store open");
     }
     Ok((policies, ctx.token_store))
+}
+
+/// Writes `text` and a newline to stdout. A reader that went away (`| head`) is not an error:
+/// returns `false` and the command carries on to its normal exit code.
+pub fn print_line(text: impl std::fmt::Display) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
+}
+
+/// [`print_line`] without the newline.
+pub fn print_text(text: impl std::fmt::Display) -> bool {
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}").and_then(|()| out.flush()).is_ok()
 }

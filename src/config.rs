@@ -240,7 +240,9 @@ mod limits_tests {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenAdmin {
-    /// Its own TLS listener (same certificate as the webhook); unset: off.
+    /// Its own TLS listener (same certificate as the webhook; `IP:PORT` or `HOST:PORT`);
+    /// unset: off.
+    #[serde(deserialize_with = "listen_addr::optional")]
     pub listen: Option<SocketAddr>,
     /// File holding the bearer key callers must present (at least 32 characters).
     pub key_file: Option<PathBuf>,
@@ -263,9 +265,11 @@ impl Default for TokenAdmin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// HTTPS listener for `POST /validate`.
+    /// HTTPS listener for `POST /validate`: `IP:PORT`, or `HOST:PORT` resolved once at start.
+    #[serde(deserialize_with = "listen_addr::required")]
     pub listen: SocketAddr,
-    /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics`.
+    /// Plain-HTTP listener for `/healthz`, `/readyz`, `/metrics` (`IP:PORT` or `HOST:PORT`).
+    #[serde(deserialize_with = "listen_addr::required")]
     pub health_listen: SocketAddr,
     /// PEM certificate chain for the webhook listener; with `tls_key`. When both are unset a
     /// development CA and certificate are generated in `data_dir`.
@@ -368,33 +372,49 @@ impl Config {
         let mut report = LoadReport::default();
         let mut pairs = Vec::new();
         let mut literal = Vec::new();
+        let mut lists = Vec::new();
+        let shape = serde_json::to_value(Config::default()).unwrap_or_default();
         for (name, value) in env {
             // TWILIO_* and GATEHOUSE_SMS_TO: names of their own (see notify::settings).
-            if let Some(key) = crate::notify::settings::env_key(&name) {
-                literal.push((key.to_owned(), value));
-                continue;
-            }
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            let key = if let Some(key) = crate::notify::settings::env_key(&name) {
+                key.to_owned()
+            } else if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                rest.to_ascii_lowercase()
+            } else {
                 continue;
             };
-            let key = rest.to_ascii_lowercase();
-            let top = key.split("__").next().unwrap_or_default();
-            if crate::notify::settings::literal_env_key(&key) {
-                literal.push((key, value));
-            } else if KNOWN_KEYS.contains(&top) {
-                pairs.push((key, value));
-            } else if !extra_known_env(&key) {
-                report.ignored_env.push(name);
+            match env_key_shape(&shape, &key) {
+                None => {
+                    if !extra_known_env(&key) {
+                        report.ignored_env.push(name);
+                    }
+                }
+                // One list syntax everywhere: `a,b` (brackets optional).
+                Some(KeyShape::List) => lists.push((key, value)),
+                Some(KeyShape::Value) if crate::notify::settings::literal_env_key(&key) => {
+                    literal.push((key, value));
+                }
+                Some(KeyShape::Value) => pairs.push((key, value)),
             }
         }
         figment = figment.merge(EnvPairs {
             parsed: pairs,
             literal,
+            lists,
         });
 
         let mut config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
         config.notify.resolve_files().map_err(ConfigError)?;
         config.validate()?;
+        if let Some(path) = &config.policies
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Err(ConfigError(format!(
+                "key `policies`: {} cannot be read: {e}{}",
+                path.display(),
+                source_of(&figment, "policies")
+            )));
+        }
         Ok((config, report))
     }
 
@@ -461,13 +481,128 @@ fn extra_known_env(key: &str) -> bool {
     key.starts_with("test_")
 }
 
+/// What an environment key (`limits__max_body_bytes`) names in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyShape {
+    /// A list of names (`a,b`).
+    List,
+    /// A value or a whole section.
+    Value,
+}
+
+/// Finds `key` (parts joined by `__`) in the shape of the default configuration; `None` when
+/// it is not a configuration key at any depth (the variable is then ignored with a warning).
+fn env_key_shape(shape: &serde_json::Value, key: &str) -> Option<KeyShape> {
+    let top = key.split("__").next().unwrap_or_default();
+    if !KNOWN_KEYS.contains(&top) {
+        return None;
+    }
+    let mut at = shape;
+    for part in key.split("__") {
+        at = at.as_object()?.get(part)?;
+    }
+    Some(if at.is_array() {
+        KeyShape::List
+    } else {
+        KeyShape::Value
+    })
+}
+
+/// ` (from environment variable GATEHOUSE_POLICIES)`, ` (in FILE)` or nothing, for `key`.
+fn source_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+            _ if md.name == ENV_METADATA => format!(
+                " (from environment variable {ENV_PREFIX}{})",
+                key.replace('.', "__").to_ascii_uppercase()
+            ),
+            _ => String::new(),
+        },
+        None => String::new(),
+    }
+}
+
+/// `a, b`, `[a, b]` or nothing (an empty list).
+fn env_list(raw: &str) -> Vec<String> {
+    let t = raw.trim();
+    let t = t
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(t);
+    t.split(',')
+        .map(|s| s.trim().trim_matches(['"', '\'']).to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Listener addresses: `IP:PORT`, or `HOST:PORT` resolved when the configuration is loaded
+/// (the first IPv4 address, else the first address).
+mod listen_addr {
+    use std::net::{SocketAddr, ToSocketAddrs};
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn parse(text: &str) -> Result<SocketAddr, String> {
+        let text = text.trim();
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        let expected = "expected IP:PORT (such as 0.0.0.0:8443) or HOST:PORT";
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                let addrs: Vec<SocketAddr> = text
+                    .to_socket_addrs()
+                    .map_err(|e| format!("`{text}`: cannot resolve {host}: {e}"))?
+                    .collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or_else(|| addrs.first())
+                    .copied()
+                    .ok_or_else(|| format!("`{text}`: {host} has no address"))
+            }
+            _ => Err(format!("`{text}` is not an address: {expected}")),
+        }
+    }
+
+    /// A bare port (`9443`) reads as a number; it is still text to explain.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(i64),
+    }
+
+    impl Raw {
+        fn text(self) -> String {
+            match self {
+                Raw::Text(t) => t,
+                Raw::Number(n) => n.to_string(),
+            }
+        }
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parse(&Raw::deserialize(d)?.text()).map_err(D::Error::custom)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(raw) => parse(&raw.text()).map(Some).map_err(D::Error::custom),
+        }
+    }
+}
+
 /// The environment layer, built from explicit `(key, value)` pairs so tests need not touch the
 /// process environment. Values are parsed as figment's `Env` parses them (numbers, booleans,
 /// `[a, b]` arrays); `__` separates nested keys. `literal` values stay strings (phone numbers,
-/// tokens).
+/// tokens); `lists` are comma-separated lists of strings.
 struct EnvPairs {
     parsed: Vec<(String, String)>,
     literal: Vec<(String, String)>,
+    lists: Vec<(String, String)>,
 }
 
 impl figment::Provider for EnvPairs {
@@ -490,7 +625,11 @@ impl figment::Provider for EnvPairs {
             .literal
             .iter()
             .map(|(key, raw)| (key, Value::from(raw.clone())));
-        for (key, value) in parsed.chain(literal) {
+        let lists = self
+            .lists
+            .iter()
+            .map(|(key, raw)| (key, Value::from(env_list(raw))));
+        for (key, value) in parsed.chain(literal).chain(lists) {
             let parts: Vec<&str> = key.split("__").collect();
             let (last, parents) = parts.split_last().unwrap_or((&"", &[]));
             let mut dict = &mut root;
@@ -842,10 +981,6 @@ mod tests {
                 ][..],
                 "token_admin.listen is 127.0.0.1:8443, already used",
             ),
-            (
-                &[("GATEHOUSE_TOKEN_ADMIN__LISTN", "x")][..],
-                "token_admin.listn",
-            ),
         ] {
             let err = Config::load_from(None, env(vars)).unwrap_err().to_string();
             assert!(
@@ -853,6 +988,128 @@ mod tests {
                 "{err:?} should contain {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_nested_variables_are_ignored_and_reported_not_fatal() {
+        let (c, report) = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE_TOKEN_ADMIN__LISTN", "127.0.0.1:1"),
+                ("GATEHOUSE_LIMITS__MAX_BODY", "10"),
+                ("GATEHOUSE_NOTIFY__TWILIO__ACOUNT_SID", "AC1"),
+                ("GATEHOUSE_LISTEN__PORT", "1"),
+                ("GATEHOUSE_LIMITS__MAX_BODY_BYTES", "4096"),
+            ]),
+        )
+        .unwrap();
+        let mut ignored = report.ignored_env.clone();
+        ignored.sort();
+        assert_eq!(
+            ignored,
+            vec![
+                "GATEHOUSE_LIMITS__MAX_BODY",
+                "GATEHOUSE_LISTEN__PORT",
+                "GATEHOUSE_NOTIFY__TWILIO__ACOUNT_SID",
+                "GATEHOUSE_TOKEN_ADMIN__LISTN",
+            ]
+        );
+        assert_eq!(c.limits.max_body_bytes, 4096);
+        assert_eq!(c.token_admin.listen, None);
+        assert_eq!(c.listen, Config::default().listen);
+    }
+
+    #[rstest]
+    #[case::commas("kube-system,gatehouse", &["kube-system", "gatehouse"])]
+    #[case::spaces(" kube-system , gatehouse ", &["kube-system", "gatehouse"])]
+    #[case::brackets("[kube-system, gatehouse]", &["kube-system", "gatehouse"])]
+    #[case::one("team-a", &["team-a"])]
+    #[case::none("", &[])]
+    fn every_list_variable_takes_commas(#[case] raw: &str, #[case] expected: &[&str]) {
+        let (c, _) =
+            Config::load_from(None, env(&[("GATEHOUSE_EXCLUDED_NAMESPACES", raw)])).unwrap();
+        assert_eq!(c.excluded_namespaces, expected);
+        let (c, _) = Config::load_from(
+            None,
+            env(&[(
+                "GATEHOUSE_NOTIFY__IGNORE_UPDATE_FIELDS",
+                "/status, /metadata/generation",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.notify.ignore_update_fields,
+            vec!["/status", "/metadata/generation"]
+        );
+        let (c, _) = Config::load_from(
+            None,
+            env(&[("GATEHOUSE_SMS_TO", "+15551234567, +4930123456")]),
+        )
+        .unwrap();
+        assert_eq!(c.notify.sms_to, vec!["+15551234567", "+4930123456"]);
+        let (c, _) = Config::load_from(
+            None,
+            env(&[("GATEHOUSE_SMS_TO", "[+15551234567,+4930123456]")]),
+        )
+        .unwrap();
+        assert_eq!(c.notify.sms_to, vec!["+15551234567", "+4930123456"]);
+    }
+
+    #[test]
+    fn listen_takes_a_host_name_resolved_at_start_or_says_what_it_expects() {
+        let (c, _) = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE_LISTEN", "localhost:9443"),
+                ("GATEHOUSE_HEALTH_LISTEN", "127.0.0.1:9080"),
+                ("GATEHOUSE_TOKEN_ADMIN__LISTEN", "localhost:9444"),
+                ("GATEHOUSE_TOKEN_ADMIN__KEY_FILE", "/k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9443".parse().unwrap());
+        assert_eq!(
+            c.token_admin.listen,
+            Some("127.0.0.1:9444".parse().unwrap())
+        );
+        let (c, _) = Config::load_from(None, env(&[("GATEHOUSE_LISTEN", "[::1]:9443")])).unwrap();
+        assert_eq!(c.listen, "[::1]:9443".parse().unwrap());
+        for bad in ["localhost", "9443", ":9443", "localhost:http"] {
+            let err = Config::load_from(None, env(&[("GATEHOUSE_LISTEN", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid configuration: key `listen`: `{bad}` is not an address: expected IP:PORT (such as 0.0.0.0:8443) or HOST:PORT (from environment variable GATEHOUSE_LISTEN)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_policies_path_names_the_key_and_where_it_was_set() {
+        let err = Config::load_from(
+            None,
+            env(&[("GATEHOUSE_POLICIES", "/nonexistent/gatehouse/policies")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid configuration: key `policies`: /nonexistent/gatehouse/policies cannot be read: No such file or directory (os error 2) (from environment variable GATEHOUSE_POLICIES)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.yaml");
+        std::fs::write(&file, "policies: /nonexistent/gatehouse/policies\n").unwrap();
+        let err = Config::load_from(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid configuration: key `policies`: /nonexistent/gatehouse/policies cannot be read")
+                && err.ends_with(&format!("(in {})", file.display())),
+            "{err}"
+        );
     }
 
     #[test]

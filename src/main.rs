@@ -14,34 +14,75 @@ use gatehouse::{Config, commands, telemetry};
 )]
 struct Cli {
     /// YAML configuration file (environment GATEHOUSE_* overrides it).
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// `--config` after the subcommand, on the subcommands that read the configuration (`certs`
+/// does not, so its help does not offer it).
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// YAML configuration file (environment GATEHOUSE_* overrides it).
+    #[arg(
+        id = "config_file",
+        long = "config",
+        short = 'c',
+        global = true,
+        value_name = "FILE"
+    )]
+    file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the webhook over HTTPS, and health and metrics over HTTP.
-    Serve,
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Evaluate one AdmissionReview offline and print the response review.
     /// Exit code: 0 allowed, 1 denied, 2 unreadable input or configuration.
     Review {
-        /// The review file; `-` or nothing reads stdin.
+        /// The review file (JSON, as the API server sends it); `-` or nothing reads standard
+        /// input. For manifests use `check`.
         file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Make a CA and a serving certificate for the webhook's Service (ca.crt, tls.crt,
     /// tls.key) and print the base64 caBundle.
     Certs(commands::certs::CertsArgs),
     /// Evaluate Kubernetes manifests against the policies offline, as CREATE by a user.
     /// Exit code: 0 all allowed, 1 any denied, 2 unreadable input or configuration.
-    Check(commands::check::CheckArgs),
+    Check {
+        #[command(flatten)]
+        args: commands::check::CheckArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Issue, list, revoke and prune one-time deployment tokens (in the store named by
     /// `database_url`, by default SQLite in the data directory).
     Tokens {
         #[command(subcommand)]
         command: commands::tokens::TokensCommand,
+        #[command(flatten)]
+        config: ConfigArg,
     },
+}
+
+impl Command {
+    /// `--config` given after the subcommand.
+    fn config_file(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Serve { config }
+            | Command::Review { config, .. }
+            | Command::Check { config, .. }
+            | Command::Tokens { config, .. } => config.file.as_ref(),
+            Command::Certs(_) => None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,7 +91,8 @@ fn main() -> ExitCode {
     if let Command::Certs(args) = &cli.command {
         return ExitCode::from(commands::certs::main(args));
     }
-    let (config, report) = match Config::load(cli.config.as_deref()) {
+    let file = cli.command.config_file().or(cli.config.as_ref()).cloned();
+    let (config, report) = match Config::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gatehouse: {e}");
@@ -58,9 +100,13 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    let log_format = config.log_format;
     gatehouse::tls::install_default_provider();
     for name in &report.ignored_env {
-        tracing::warn!(variable = %name, "ignoring environment variable: not a gatehouse setting");
+        tracing::warn!(
+            variable = %name,
+            "ignoring environment variable: not a gatehouse setting (see the README's configuration table)"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,17 +120,21 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve => match commands::serve::run(config).await {
+            Command::Serve { .. } => match commands::serve::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
+                // Once: as a JSON log line, or as one line for the person at the terminal
+                // (text logs go to the same stderr).
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("gatehouse: {e:#}");
+                    match log_format {
+                        gatehouse::config::LogFormat::Json => tracing::error!("{e:#}"),
+                        gatehouse::config::LogFormat::Text => eprintln!("gatehouse: {e:#}"),
+                    }
                     ExitCode::from(2)
                 }
             },
             // Handled before the configuration is loaded (above).
             Command::Certs(_) => ExitCode::from(2),
-            Command::Review { file } => {
+            Command::Review { file, .. } => {
                 let policies = match commands::load_policies(&config).await {
                     Ok((p, _)) => p,
                     Err(e) => {
@@ -94,10 +144,50 @@ fn main() -> ExitCode {
                 };
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
             }
-            Command::Check(args) => ExitCode::from(commands::check::main(&config, &args).await),
-            Command::Tokens { command } => {
+            Command::Check { args, .. } => {
+                ExitCode::from(commands::check::main(&config, &args).await)
+            }
+            Command::Tokens { command, .. } => {
                 ExitCode::from(commands::tokens::run(&config, command).await)
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_is_read_before_or_after_the_subcommand_and_not_offered_to_certs() {
+        for args in [
+            &["gatehouse", "--config", "a.yaml", "serve"][..],
+            &["gatehouse", "serve", "--config", "a.yaml"],
+            &["gatehouse", "tokens", "list", "-c", "a.yaml"],
+            &["gatehouse", "check", "-c", "a.yaml", "-f", "x.yaml"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let file = cli.command.config_file().or(cli.config.as_ref());
+            assert_eq!(file, Some(&PathBuf::from("a.yaml")), "{args:?}");
+        }
+        let err = Cli::try_parse_from([
+            "gatehouse",
+            "certs",
+            "--service",
+            "a",
+            "--namespace",
+            "b",
+            "--config",
+            "a.yaml",
+        ])
+        .err()
+        .expect("certs takes no --config");
+        assert!(err.to_string().contains("--config"), "{err}");
+    }
 }

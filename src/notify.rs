@@ -617,7 +617,12 @@ pub(crate) fn setup(
             rule = %r.name,
             events = %events.join(","),
             channels = %chans.join(","),
-            recipients = r.recipients.len(),
+            // SMS go to the rule's own recipients, else to GATEHOUSE_SMS_TO.
+            recipients = if r.recipients.is_empty() && r.channels.contains(&ChannelKind::Sms) {
+                cfg.sms_to.len()
+            } else {
+                r.recipients.len()
+            },
             from = %r.source,
             "notification rule loaded"
         );

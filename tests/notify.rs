@@ -1,6 +1,6 @@
 //! Notifications through the real HTTPS server: admission reviews go in over TLS, SMS come out
-//! at a Twilio stand-in on 127.0.0.1 that checks every request against Twilio's OpenAPI
-//! description and answers as Twilio does.
+//! at a Twilio stand-in on 127.0.0.1 that checks every request against the contract of
+//! Twilio's Messages API (written into tests/standin/twilio.rs) and answers as Twilio does.
 //!
 //! "Nothing was sent" is checked without sleeping: deliveries run one at a time in queue
 //! order (`notify.concurrency: 1`), so after the request under test a marker request is
@@ -759,4 +759,182 @@ async fn twilio_without_recipients_fails_the_start_naming_the_rule() {
         err,
         "policies/default.yaml (embedded): notification \"deployment-created\": sends SMS but has no recipients: set GATEHOUSE_SMS_TO (notify.sms_to) or the rule's recipients"
     );
+}
+
+/// The facts the Twilio stand-in enforces (tests/standin/twilio.rs) against Twilio's own
+/// OpenAPI description, when it sits beside the repository (it does in CI; scripts/test.sh
+/// refuses to run there without it). Elsewhere this says SKIPPED: the tests need nothing
+/// outside the repository.
+#[test]
+fn twilio_stand_in_contract_agrees_with_twilio_openapi() {
+    use standin::twilio::facts::{self, Kind};
+    use std::collections::BTreeSet;
+
+    let path = standin::twilio::openapi_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "SKIPPED twilio_stand_in_contract_agrees_with_twilio_openapi: {} is not there",
+                path.display()
+            );
+            return;
+        }
+        Err(e) => panic!("{}: {e}", path.display()),
+    };
+    let spec: serde_json::Value = serde_json::from_str(&text).expect("the spec is JSON");
+    let resolve = |schema: &serde_json::Value| -> serde_json::Value {
+        match schema.get("$ref").and_then(|r| r.as_str()) {
+            Some(r) => spec
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("spec: unresolvable $ref {r}"))
+                .clone(),
+            None => schema.clone(),
+        }
+    };
+
+    assert_eq!(spec["servers"][0]["url"], facts::API_BASE);
+    let op = &spec["paths"][facts::MESSAGES_PATH][facts::METHOD.to_ascii_lowercase()];
+    assert_eq!(op["operationId"], "CreateMessage", "{op}");
+
+    let sid = op["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "AccountSid"))
+        .expect("spec: AccountSid parameter");
+    assert_eq!(sid["in"], "path");
+    assert_eq!(sid["required"], true);
+    assert_eq!(sid["schema"]["pattern"], facts::ACCOUNT_SID_PATTERN);
+    assert_eq!(sid["schema"]["minLength"], 34);
+    assert_eq!(sid["schema"]["maxLength"], 34);
+
+    let scheme_name = op["security"][0]
+        .as_object()
+        .and_then(|o| o.keys().next().cloned())
+        .expect("spec: the operation's security");
+    let scheme = &spec["components"]["securitySchemes"][&scheme_name];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], facts::AUTH_SCHEME);
+
+    let content = op["requestBody"]["content"]
+        .as_object()
+        .expect("spec: requestBody");
+    assert_eq!(
+        content.keys().collect::<Vec<_>>(),
+        vec![facts::CONTENT_TYPE],
+        "content types"
+    );
+    let schema = resolve(&content[facts::CONTENT_TYPE]["schema"]);
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(required, facts::REQUIRED);
+
+    // Every property, and only those, with the same constraint.
+    let properties = schema["properties"].as_object().expect("properties");
+    let spec_names: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
+    let our_names: BTreeSet<&str> = facts::FIELDS.iter().map(|f| f.name).collect();
+    assert_eq!(our_names, spec_names, "form parameters");
+    for field in facts::FIELDS {
+        let prop = resolve(&properties[field.name]);
+        let (repeated, item) = if prop["type"] == "array" {
+            (true, resolve(&prop["items"]))
+        } else {
+            (false, prop.clone())
+        };
+        assert_eq!(field.repeated, repeated, "{}: repeated", field.name);
+        let kind = if let Some(options) = item["enum"].as_array() {
+            let words: Vec<&str> = options.iter().filter_map(|o| o.as_str()).collect();
+            match field.kind {
+                Kind::OneOf(ours) => assert_eq!(ours, words.as_slice(), "{}", field.name),
+                other => panic!("{}: ours is {other:?}, the spec's an enum", field.name),
+            }
+            field.kind
+        } else {
+            match (item["type"].as_str(), item["format"].as_str()) {
+                (Some("string"), Some("phone-number")) => Kind::Phone,
+                (Some("string"), Some("uri")) => Kind::Url,
+                (Some("string"), Some("date-time")) => Kind::DateTime,
+                (Some("string"), None) => match item["pattern"].as_str() {
+                    Some(p) => {
+                        assert_eq!(item["minLength"], 34, "{}", field.name);
+                        assert_eq!(item["maxLength"], 34, "{}", field.name);
+                        match field.kind {
+                            Kind::Sid(ours) => assert_eq!(ours, p, "{}", field.name),
+                            other => panic!("{}: ours is {other:?}, spec's {p}", field.name),
+                        }
+                        field.kind
+                    }
+                    None => Kind::Text,
+                },
+                (Some("boolean"), _) => Kind::Boolean,
+                (Some("integer"), _) => Kind::Integer,
+                (Some("number"), _) => Kind::Number,
+                other => panic!(
+                    "{}: a schema the stand-in cannot check: {other:?}",
+                    field.name
+                ),
+            }
+        };
+        assert_eq!(field.kind, kind, "{}", field.name);
+    }
+
+    let groups: Vec<Vec<String>> = op["x-twilio"]["conditional"]
+        .as_array()
+        .expect("spec: x-twilio.conditional")
+        .iter()
+        .map(|g| {
+            g.as_array()
+                .expect("a group")
+                .iter()
+                .map(|f| {
+                    // `messaging_service_sid` → `MessagingServiceSid`.
+                    f.as_str()
+                        .expect("a name")
+                        .split('_')
+                        .map(|p| p[..1].to_ascii_uppercase() + &p[1..])
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let ours: Vec<Vec<String>> = facts::ONE_OF
+        .iter()
+        .map(|g| g.iter().map(|f| (*f).to_owned()).collect())
+        .collect();
+    assert_eq!(ours, groups, "conditional groups");
+
+    let body_desc = properties["Body"]["description"].as_str().unwrap_or("");
+    assert!(
+        body_desc.contains(&format!(
+            "up to {},{:03} characters",
+            facts::BODY_MAX_CHARS / 1000,
+            facts::BODY_MAX_CHARS % 1000
+        )),
+        "Body: {body_desc}"
+    );
+
+    // The 201 answer: the members of the spec's example, and the SID patterns.
+    let created = &op["responses"]["201"]["content"]["application/json"];
+    let example = created["examples"]["create"]["value"]
+        .as_object()
+        .expect("spec: a 201 example");
+    let example_members: BTreeSet<&str> = example.keys().map(String::as_str).collect();
+    let our_members: BTreeSet<&str> = facts::MESSAGE_MEMBERS.iter().copied().collect();
+    assert_eq!(our_members, example_members, "message members");
+    let message = resolve(&created["schema"]);
+    assert_eq!(
+        message["properties"]["sid"]["pattern"],
+        facts::MESSAGE_SID_PATTERN
+    );
+    assert_eq!(
+        message["properties"]["account_sid"]["pattern"],
+        facts::ACCOUNT_SID_PATTERN
+    );
+    for member in facts::MESSAGE_MEMBERS {
+        assert!(
+            message["properties"].get(*member).is_some(),
+            "{member} is in the message schema"
+        );
+    }
 }

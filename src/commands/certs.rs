@@ -133,6 +133,12 @@ pub fn run(args: &CertsArgs) -> Result<Written, CertsCommandError> {
             args.days
         )));
     }
+    if args.out.exists() && !args.out.is_dir() {
+        return Err(CertsCommandError::Usage(format!(
+            "--out {} is a file: --out names the directory for ca.crt, tls.crt and tls.key",
+            args.out.display()
+        )));
+    }
     let files = CertFiles::in_dir(&args.out);
     if !args.force {
         for path in [&files.ca, &files.cert, &files.key] {
@@ -176,7 +182,12 @@ pub fn main(args: &CertsArgs) -> u8 {
             eprintln!(
                 "gatehouse certs: the CA's private key was not kept; the caBundle (base64 of ca.crt) follows on stdout"
             );
-            println!("{}", w.ca_bundle);
+            if !super::print_line(&w.ca_bundle) {
+                eprintln!(
+                    "gatehouse certs: stdout is closed; the caBundle is base64 of {}",
+                    w.files.ca.display()
+                );
+            }
             0
         }
         Err(e) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
+use super::{print_line, print_text};
 use crate::config::{Config, parse_duration};
 use crate::store::{self, IssueSpec, StoreSettings, TokenRecord, Tokens};
 
@@ -97,13 +98,16 @@ async fn execute(tokens: &Tokens, command: TokensCommand) -> Result<u8, String> 
             };
             spec.validate().map_err(|m| format!("--{m}"))?;
             let issued = tokens.issue(&spec, now).await.map_err(|e| e.to_string())?;
-            if json {
+            let shown = if json {
                 let text = serde_json::to_string_pretty(&issued).map_err(|e| e.to_string())?;
-                println!("{text}");
+                print_line(text)
             } else {
-                for t in &issued {
-                    println!("{}", t.token);
-                }
+                issued.iter().all(|t| print_line(&t.token))
+            };
+            if !shown {
+                eprintln!(
+                    "gatehouse tokens: stdout closed before every token was printed; the tokens were issued (revoke them by id if they are lost)"
+                );
             }
             let ids: Vec<String> = issued.iter().map(|t| format!("#{}", t.id)).collect();
             eprintln!(
@@ -128,9 +132,9 @@ async fn execute(tokens: &Tokens, command: TokensCommand) -> Result<u8, String> 
             let records = tokens.list().await.map_err(|e| e.to_string())?;
             if json {
                 let text = serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?;
-                println!("{text}");
+                print_line(text);
             } else {
-                print!("{}", table(&records, now));
+                print_text(table(&records, now));
             }
             Ok(EXIT_OK)
         }
@@ -138,12 +142,12 @@ async fn execute(tokens: &Tokens, command: TokensCommand) -> Result<u8, String> 
             Ok(Some(r)) => {
                 let when = store::format_time(r.revoked_at.unwrap_or(now));
                 match r.used_at {
-                    Some(used) => println!(
+                    Some(used) => print_line(format_args!(
                         "revoked token #{id} at {when} (it was already used at {})",
                         store::format_time(used)
-                    ),
-                    None => println!("revoked token #{id} at {when}"),
-                }
+                    )),
+                    None => print_line(format_args!("revoked token #{id} at {when}")),
+                };
                 Ok(EXIT_OK)
             }
             Ok(None) => {
@@ -158,11 +162,11 @@ async fn execute(tokens: &Tokens, command: TokensCommand) -> Result<u8, String> 
                 .await
                 .map_err(|e| e.to_string())?;
             let cutoff = now.saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(0));
-            println!(
+            print_line(format_args!(
                 "pruned {n} token{} expired, used or revoked before {}",
                 if n == 1 { "" } else { "s" },
                 store::format_time(cutoff)
-            );
+            ));
             Ok(EXIT_OK)
         }
     }
