@@ -1,1 +1,540 @@
-//! ValidatingAdmissionPolicy manifests.
+//! Native `ValidatingAdmissionPolicy` / `ValidatingAdmissionPolicyBinding` manifests
+//! (`admissionregistration.k8s.io/v1`), as users keep them for their clusters.
+//!
+//! [`documents`] splits a file into its documents (multi-document YAML separated by `---`, and
+//! `List` objects), [`load`] pairs each binding with its policy and compiles the pair into one
+//! [`VapPolicy`]. What Gatehouse cannot honour without API access is refused with the reason:
+//! a `paramRef` to an object that is not in the policy files, a `paramRef.selector`, a
+//! `namespaceSelector` that needs namespace labels.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{
+    Activation, Attributes, AuditAnnotationSpec, CelPolicy, Evaluation, FailurePolicy,
+    NamedExpression, ValidationSpec, Verdict, value,
+};
+
+const API_VERSIONS: &[&str] = &[
+    "admissionregistration.k8s.io/v1",
+    "admissionregistration.k8s.io/v1beta1",
+    "admissionregistration.k8s.io/v1alpha1",
+];
+
+/// Splits YAML text into its documents, expanding `List` objects (`kind: List` or `…List`
+/// with `items`). Empty documents are skipped.
+pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc)
+            .map_err(|e| format!("document {}: {e}", i + 1))?;
+        expand(value, &mut out);
+    }
+    Ok(out)
+}
+
+fn expand(value: serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    if value.is_null() {
+        return;
+    }
+    let is_list = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .is_some_and(|k| k == "List" || (k.ends_with("List") && value.get("items").is_some()));
+    if is_list && let Some(serde_json::Value::Array(items)) = value.get("items").cloned() {
+        for item in items {
+            expand(item, out);
+        }
+        return;
+    }
+    out.push(value);
+}
+
+/// Whether a document is a VAP or a VAP binding.
+pub fn is_vap_document(doc: &serde_json::Value) -> bool {
+    let api = doc.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+    let kind = doc.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+    API_VERSIONS.contains(&api)
+        && matches!(
+            kind,
+            "ValidatingAdmissionPolicy" | "ValidatingAdmissionPolicyBinding"
+        )
+}
+
+/// What a binding does with a failed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ValidationAction {
+    /// Deny the request.
+    Deny,
+    /// Admit it with a warning.
+    Warn,
+    /// Admit it with an audit annotation.
+    Audit,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest<S> {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: S,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PolicySpec {
+    #[serde(default)]
+    param_kind: Option<ParamKind>,
+    #[serde(default)]
+    match_constraints: Option<MatchResources>,
+    #[serde(default)]
+    validations: Vec<ValidationSpec>,
+    #[serde(default)]
+    failure_policy: Option<FailurePolicy>,
+    #[serde(default)]
+    audit_annotations: Vec<AuditAnnotationSpec>,
+    #[serde(default)]
+    match_conditions: Vec<NamedExpression>,
+    #[serde(default)]
+    variables: Vec<NamedExpression>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ParamKind {
+    api_version: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BindingSpec {
+    policy_name: String,
+    #[serde(default)]
+    param_ref: Option<ParamRef>,
+    #[serde(default)]
+    match_resources: Option<MatchResources>,
+    #[serde(default)]
+    validation_actions: Vec<ValidationAction>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ParamRef {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    selector: Option<serde_json::Value>,
+    #[serde(default)]
+    parameter_not_found_action: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MatchResources {
+    #[serde(default)]
+    namespace_selector: Option<Selector>,
+    #[serde(default)]
+    object_selector: Option<Selector>,
+    #[serde(default)]
+    resource_rules: Vec<Rule>,
+    #[serde(default)]
+    exclude_resource_rules: Vec<Rule>,
+    #[serde(default)]
+    match_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Selector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SelectorRequirement {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Rule {
+    #[serde(default)]
+    api_groups: Vec<String>,
+    #[serde(default)]
+    api_versions: Vec<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    operations: Vec<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    resource_names: Vec<String>,
+}
+
+impl Selector {
+    fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    fn validate(&self, field: &str) -> Result<(), String> {
+        for (i, r) in self.match_expressions.iter().enumerate() {
+            match r.operator.as_str() {
+                "In" | "NotIn" if r.values.is_empty() => {
+                    return Err(format!(
+                        "{field}.matchExpressions[{i}].values: must be non-empty for {}",
+                        r.operator
+                    ));
+                }
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => {
+                    return Err(format!(
+                        "{field}.matchExpressions[{i}].operator: `{other}` is not one of In, NotIn, Exists, DoesNotExist"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => value.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+fn any_or(list: &[String], value: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == value)
+}
+
+impl Rule {
+    fn validate(&self, field: &str) -> Result<(), String> {
+        for (name, list) in [
+            ("apiGroups", &self.api_groups),
+            ("apiVersions", &self.api_versions),
+            ("resources", &self.resources),
+            ("operations", &self.operations),
+        ] {
+            if list.is_empty() {
+                return Err(format!("{field}.{name}: must list at least one value (or `*`)"));
+            }
+        }
+        for op in &self.operations {
+            if !matches!(op.as_str(), "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT") {
+                return Err(format!(
+                    "{field}.operations: `{op}` is not one of CREATE, UPDATE, DELETE, CONNECT, *"
+                ));
+            }
+        }
+        if let Some(scope) = &self.scope
+            && !matches!(scope.as_str(), "*" | "Cluster" | "Namespaced")
+        {
+            return Err(format!(
+                "{field}.scope: `{scope}` is not one of Cluster, Namespaced, *"
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(&self, a: &Attributes) -> bool {
+        any_or(&self.api_groups, &a.resource.group)
+            && any_or(&self.api_versions, &a.resource.version)
+            && any_or(&self.operations, &a.operation)
+            && self.resources.iter().any(|r| resource_matches(r, a))
+            && match self.scope.as_deref() {
+                Some("Cluster") => a.namespace.is_empty(),
+                Some("Namespaced") => !a.namespace.is_empty(),
+                _ => true,
+            }
+            && (self.resource_names.is_empty() || self.resource_names.contains(&a.name))
+    }
+}
+
+/// `pods`, `pods/status`, `*` (resources, not subresources), `*/*`, `pods/*`, `*/scale`.
+fn resource_matches(pattern: &str, a: &Attributes) -> bool {
+    let (res, sub) = pattern.split_once('/').unwrap_or((pattern, ""));
+    (res == "*" || res == a.resource.name) && (sub == "*" || sub == a.sub_resource)
+}
+
+impl MatchResources {
+    fn validate(&self, field: &str) -> Result<(), String> {
+        if let Some(ns) = &self.namespace_selector {
+            if !ns.is_empty() {
+                return Err(format!(
+                    "{field}.namespaceSelector: selects namespaces by their labels, which Gatehouse cannot read without API access; match namespaces with a matchCondition on `request.namespace` instead"
+                ));
+            }
+        }
+        if let Some(obj) = &self.object_selector {
+            obj.validate(&format!("{field}.objectSelector"))?;
+        }
+        if let Some(policy) = &self.match_policy
+            && !matches!(policy.as_str(), "Exact" | "Equivalent")
+        {
+            return Err(format!(
+                "{field}.matchPolicy: `{policy}` is not one of Exact, Equivalent"
+            ));
+        }
+        for (i, r) in self.resource_rules.iter().enumerate() {
+            r.validate(&format!("{field}.resourceRules[{i}]"))?;
+        }
+        for (i, r) in self.exclude_resource_rules.iter().enumerate() {
+            r.validate(&format!("{field}.excludeResourceRules[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the request is in scope; `needs_rules` for the policy's own constraints (a
+    /// binding without resourceRules inherits the policy's).
+    fn matches(&self, a: &Attributes, act: &Activation<'_>, needs_rules: bool) -> bool {
+        if needs_rules || !self.resource_rules.is_empty() {
+            if !self.resource_rules.iter().any(|r| r.matches(a)) {
+                return false;
+            }
+        }
+        if self.exclude_resource_rules.iter().any(|r| r.matches(a)) {
+            return false;
+        }
+        if let Some(sel) = &self.object_selector
+            && !sel.is_empty()
+        {
+            let on_new = act.has_object(false) && sel.matches(&act.labels(false));
+            let on_old = act.has_object(true) && sel.matches(&act.labels(true));
+            if !on_new && !on_old {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One binding of one policy, compiled.
+#[derive(Debug, Clone)]
+pub struct VapPolicy {
+    /// `metadata.name` of the ValidatingAdmissionPolicy.
+    pub policy_name: String,
+    /// `metadata.name` of the binding.
+    pub binding_name: String,
+    /// The binding's validationActions.
+    pub actions: Vec<ValidationAction>,
+    constraints: MatchResources,
+    binding_match: Option<MatchResources>,
+    cel: CelPolicy,
+}
+
+impl VapPolicy {
+    /// `<policy>/<binding>`, how Gatehouse names the pair.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.policy_name, self.binding_name)
+    }
+
+    /// Whether the policy's matchConstraints and the binding's matchResources select the
+    /// request.
+    pub fn matches(&self, attrs: &Attributes, act: &Activation<'_>) -> bool {
+        self.constraints.matches(attrs, act, true)
+            && self
+                .binding_match
+                .as_ref()
+                .is_none_or(|m| m.matches(attrs, act, false))
+    }
+
+    /// Evaluates the pair; messages read as the API server's.
+    pub fn evaluate(&self, act: &Activation<'_>) -> Evaluation {
+        let mut e = self.cel.evaluate(act);
+        let prefix = format!(
+            "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: ",
+            self.policy_name, self.binding_name
+        );
+        e.verdict = match e.verdict {
+            Verdict::Pass => Verdict::Pass,
+            Verdict::Violation { message, reason } => Verdict::Violation {
+                message: format!("{prefix}{message}"),
+                reason,
+            },
+            Verdict::Error(message) => Verdict::Error(format!("{prefix}{message}")),
+        };
+        e
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(doc: &serde_json::Value, what: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{what}: {path}: {}", e.inner())
+    })
+}
+
+/// Compiles every binding among `docs` with its policy. Documents that are neither VAPs nor
+/// bindings are parameter objects a `paramRef` may name. A policy with no binding is not
+/// enforced, as in a cluster.
+pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
+    let mut policies: BTreeMap<String, (PolicySpec, String)> = BTreeMap::new();
+    let mut bindings: Vec<(String, BindingSpec)> = Vec::new();
+    let mut others: Vec<&serde_json::Value> = Vec::new();
+    for doc in docs {
+        if !is_vap_document(doc) {
+            others.push(doc);
+            continue;
+        }
+        let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if kind == "ValidatingAdmissionPolicy" {
+            let m: Manifest<PolicySpec> = parse(doc, "ValidatingAdmissionPolicy")?;
+            let what = format!("ValidatingAdmissionPolicy '{}'", m.metadata.name);
+            if m.metadata.name.is_empty() {
+                return Err("ValidatingAdmissionPolicy: metadata.name is required".into());
+            }
+            if policies.contains_key(&m.metadata.name) {
+                return Err(format!("{what}: defined twice"));
+            }
+            let constraints = m
+                .spec
+                .match_constraints
+                .clone()
+                .ok_or_else(|| format!("{what}: spec.matchConstraints is required"))?;
+            if constraints.resource_rules.is_empty() {
+                return Err(format!(
+                    "{what}: spec.matchConstraints.resourceRules must list at least one rule"
+                ));
+            }
+            constraints
+                .validate("spec.matchConstraints")
+                .map_err(|e| format!("{what}: {e}"))?;
+            policies.insert(m.metadata.name.clone(), (m.spec, what));
+        } else {
+            let m: Manifest<BindingSpec> = parse(doc, "ValidatingAdmissionPolicyBinding")?;
+            if m.metadata.name.is_empty() {
+                return Err("ValidatingAdmissionPolicyBinding: metadata.name is required".into());
+            }
+            bindings.push((m.metadata.name, m.spec));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, b) in bindings {
+        let what = format!("ValidatingAdmissionPolicyBinding '{name}'");
+        let (spec, policy_what) = policies.get(&b.policy_name).ok_or_else(|| {
+            format!(
+                "{what}: spec.policyName: no ValidatingAdmissionPolicy '{}' in the policy files",
+                b.policy_name
+            )
+        })?;
+        if b.validation_actions.is_empty() {
+            return Err(format!(
+                "{what}: spec.validationActions: list at least one of Deny, Warn, Audit"
+            ));
+        }
+        if b.validation_actions.contains(&ValidationAction::Deny)
+            && b.validation_actions.contains(&ValidationAction::Warn)
+        {
+            return Err(format!(
+                "{what}: spec.validationActions: Deny and Warn may not be used together"
+            ));
+        }
+        if let Some(m) = &b.match_resources {
+            m.validate("spec.matchResources")
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        let params = params_for(spec, &b, &others).map_err(|e| format!("{what}: {e}"))?;
+        let cel = CelPolicy::compile_spec(
+            spec.failure_policy.unwrap_or_default(),
+            &spec.match_conditions,
+            &spec.variables,
+            &spec.validations,
+            &spec.audit_annotations,
+            params,
+        )
+        .map_err(|e| format!("{policy_what}: spec.{e}"))?;
+        out.push(VapPolicy {
+            policy_name: b.policy_name.clone(),
+            binding_name: name,
+            actions: b.validation_actions.clone(),
+            constraints: spec.match_constraints.clone().unwrap_or_default(),
+            binding_match: b.match_resources.clone(),
+            cel,
+        });
+    }
+    Ok(out)
+}
+
+/// The `params` of a binding: the object its `paramRef` names among the policy files' other
+/// documents, or null for a policy without `paramKind`.
+fn params_for(
+    spec: &PolicySpec,
+    b: &BindingSpec,
+    others: &[&serde_json::Value],
+) -> Result<value::Owned, String> {
+    let Some(kind) = &spec.param_kind else {
+        if b.param_ref.is_some() {
+            return Err(
+                "spec.paramRef: the policy has no paramKind, so the binding takes no params".into(),
+            );
+        }
+        return Ok(Box::new(::cel::common::types::CelNull));
+    };
+    let r = b.param_ref.as_ref().ok_or_else(|| {
+        format!(
+            "spec.paramRef: the policy takes params of kind {} ({}); name one in the policy files",
+            kind.kind, kind.api_version
+        )
+    })?;
+    if r.selector.is_some() {
+        return Err("spec.paramRef.selector: selecting params among cluster objects needs API access; name one object in the policy files with paramRef.name".into());
+    }
+    let name = r
+        .name
+        .as_deref()
+        .ok_or_else(|| "spec.paramRef.name: required (Gatehouse reads params from the policy files)".to_string())?;
+    if let Some(action) = &r.parameter_not_found_action
+        && !matches!(action.as_str(), "Allow" | "Deny")
+    {
+        return Err(format!(
+            "spec.paramRef.parameterNotFoundAction: `{action}` is not one of Allow, Deny"
+        ));
+    }
+    let found = others.iter().find(|doc| {
+        let meta: Metadata = doc
+            .get("metadata")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        doc.get("apiVersion").and_then(|v| v.as_str()) == Some(kind.api_version.as_str())
+            && doc.get("kind").and_then(|v| v.as_str()) == Some(kind.kind.as_str())
+            && meta.name == name
+            && (r.namespace.is_none() || meta.namespace == r.namespace)
+    });
+    match found {
+        Some(doc) => Ok(value::from_json_value(doc)),
+        None => Err(format!(
+            "spec.paramRef: no {} '{name}' ({}) in the policy files; Gatehouse cannot read params from the cluster",
+            kind.kind, kind.api_version
+        )),
+    }
+}
