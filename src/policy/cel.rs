@@ -113,6 +113,8 @@ const REASONS: &[&str] = &["Unauthorized", "Forbidden", "Invalid", "RequestEntit
 struct Compiled {
     source: String,
     program: Program,
+    /// Indices of the variables it reads directly.
+    uses: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -360,7 +362,72 @@ const BUILTIN_IDENTS: &[&str] = &[
     "optional", "strings", "math", "base64",
 ];
 
+/// Deepest expression tree accepted: evaluation recurses once per level, and this keeps it
+/// well inside a 2 MiB thread stack even in a debug build.
+pub const MAX_DEPTH: usize = 48;
+/// Longest expression accepted, in bytes.
+pub const MAX_EXPRESSION_LEN: usize = 10 * 1024;
+/// Stack for the parser thread: cel-rust's parser recurses deeply on nested input before its
+/// own depth limit answers.
+const PARSER_STACK: usize = 64 * 1024 * 1024;
+
 fn compile(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled, String> {
+    if source.len() > MAX_EXPRESSION_LEN {
+        return Err(format!(
+            "{field}: the expression is {} bytes long, more than the {MAX_EXPRESSION_LEN} allowed",
+            source.len()
+        ));
+    }
+    let owned_field = field.to_owned();
+    let owned_source = source.to_owned();
+    let vars = known_vars.to_vec();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("cel-compile".into())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, move || compile_here(&owned_field, &owned_source, &vars))
+            .map_err(|e| format!("{field}: cannot start the compiler: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err(format!("{field}: the compiler failed on `{source}`")))
+    })
+}
+
+fn depth(e: &IdedExpr) -> usize {
+    1 + match &e.expr {
+        Expr::Select(sel) => depth(&sel.operand),
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(|t| depth(t))
+            .chain(call.args.iter().map(depth))
+            .max()
+            .unwrap_or(0),
+        Expr::List(list) => list.elements.iter().map(depth).max().unwrap_or(0),
+        Expr::Map(::cel::common::ast::MapExpr { entries: m })
+        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
+            .iter()
+            .map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(me) => depth(&me.key).max(depth(&me.value)),
+                EntryExpr::StructField(f) => depth(&f.value),
+            })
+            .max()
+            .unwrap_or(0),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .map(depth)
+        .max()
+        .unwrap_or(0),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled, String> {
     let program = library::ENV.compile(source).map_err(|e| {
         let first = e.errors.first();
         match first {
@@ -371,18 +438,37 @@ fn compile(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled,
             None => format!("{field}: syntax error (in `{source}`)"),
         }
     })?;
+    let d = depth(program.expression());
+    if d > MAX_DEPTH {
+        return Err(format!(
+            "{field}: the expression nests {d} levels deep, more than the {MAX_DEPTH} allowed (in `{source}`)"
+        ));
+    }
     let mut bound = Vec::new();
-    check_names(program.expression(), &mut bound, known_vars)
+    let mut uses = Vec::new();
+    check_names(program.expression(), &mut bound, known_vars, &mut uses)
         .map_err(|why| format!("{field}: {why} (in `{source}`)"))?;
+    let mut uses: Vec<usize> = uses
+        .iter()
+        .filter_map(|u| known_vars.iter().position(|v| v == u))
+        .collect();
+    uses.sort_unstable();
+    uses.dedup();
     Ok(Compiled {
         source: source.to_owned(),
         program,
+        uses,
     })
 }
 
 /// Refuses identifiers the environment does not declare: `namespaceObject` and `authorizer`
 /// with the reason, a `variables.<name>` not declared before, and any other unknown name.
-fn check_names(e: &IdedExpr, bound: &mut Vec<String>, vars: &[String]) -> Result<(), String> {
+fn check_names(
+    e: &IdedExpr,
+    bound: &mut Vec<String>,
+    vars: &[String],
+    uses: &mut Vec<String>,
+) -> Result<(), String> {
     match &e.expr {
         Expr::Ident(name) => {
             if bound.iter().any(|b| b == name)
@@ -411,38 +497,43 @@ fn check_names(e: &IdedExpr, bound: &mut Vec<String>, vars: &[String]) -> Result
                     sel.field
                 ));
             }
-            check_names(&sel.operand, bound, vars)
+            if let Expr::Ident(root) = &sel.operand.expr
+                && root == "variables"
+            {
+                uses.push(sel.field.clone());
+            }
+            check_names(&sel.operand, bound, vars, uses)
         }
         Expr::Call(call) => {
             if let Some(t) = &call.target {
-                check_names(t, bound, vars)?;
+                check_names(t, bound, vars, uses)?;
             }
-            call.args.iter().try_for_each(|a| check_names(a, bound, vars))
+            call.args.iter().try_for_each(|a| check_names(a, bound, vars, uses))
         }
-        Expr::List(list) => list.elements.iter().try_for_each(|a| check_names(a, bound, vars)),
+        Expr::List(list) => list.elements.iter().try_for_each(|a| check_names(a, bound, vars, uses)),
         Expr::Map(m) => m.entries.iter().try_for_each(|entry| match &entry.expr {
             EntryExpr::MapEntry(me) => {
-                check_names(&me.key, bound, vars)?;
-                check_names(&me.value, bound, vars)
+                check_names(&me.key, bound, vars, uses)?;
+                check_names(&me.value, bound, vars, uses)
             }
-            EntryExpr::StructField(f) => check_names(&f.value, bound, vars),
+            EntryExpr::StructField(f) => check_names(&f.value, bound, vars, uses),
         }),
         Expr::Struct(st) => st.entries.iter().try_for_each(|entry| match &entry.expr {
-            EntryExpr::MapEntry(me) => check_names(&me.value, bound, vars),
-            EntryExpr::StructField(f) => check_names(&f.value, bound, vars),
+            EntryExpr::MapEntry(me) => check_names(&me.value, bound, vars, uses),
+            EntryExpr::StructField(f) => check_names(&f.value, bound, vars, uses),
         }),
         Expr::Comprehension(c) => {
-            check_names(&c.iter_range, bound, vars)?;
-            check_names(&c.accu_init, bound, vars)?;
+            check_names(&c.iter_range, bound, vars, uses)?;
+            check_names(&c.accu_init, bound, vars, uses)?;
             let before = bound.len();
             bound.push(c.iter_var.clone());
             if let Some(v2) = &c.iter_var2 {
                 bound.push(v2.clone());
             }
             bound.push(c.accu_var.clone());
-            let r = check_names(&c.loop_cond, bound, vars)
-                .and_then(|_| check_names(&c.loop_step, bound, vars))
-                .and_then(|_| check_names(&c.result, bound, vars));
+            let r = check_names(&c.loop_cond, bound, vars, uses)
+                .and_then(|_| check_names(&c.loop_step, bound, vars, uses))
+                .and_then(|_| check_names(&c.result, bound, vars, uses));
             bound.truncate(before);
             r
         }
@@ -653,6 +744,22 @@ impl Run<'_, '_> {
             return Err("validation failed due to running out of cost budget, no further validation rules will be run".into());
         }
         let guard = BudgetGuard::start(left.min(PER_EXPRESSION_COST), Some(self.deadline));
+        // The variables it needs, in declaration order (each only needs earlier ones), at
+        // this level rather than nested in its evaluation: the stack stays one expression deep.
+        let mut needed = vec![false; self.inner.variables.len()];
+        for &u in &c.uses {
+            needed[u] = true;
+        }
+        for i in (0..needed.len()).rev() {
+            if needed[i] {
+                for &u in &self.inner.variables[i].1.uses {
+                    needed[u] = true;
+                }
+            }
+        }
+        for (i, _) in needed.iter().enumerate().filter(|(_, n)| **n) {
+            self.vars.ensure(i);
+        }
         let scope = Scope {
             act: self.act,
             params: self.inner.params.as_ref(),
@@ -749,6 +856,25 @@ impl Val for Variables<'_, '_> {
     }
 }
 
+impl Variables<'_, '_> {
+    /// Variable `i`, evaluated on first use.
+    fn ensure(&self, i: usize) -> &Result<Owned, String> {
+        self.cache[i].get_or_init(|| {
+            let scope = Scope {
+                act: self.act,
+                params: self.inner.params.as_ref(),
+                vars: self,
+            };
+            let (name, program) = &self.inner.variables[i];
+            let v = execute(program, &scope)?;
+            let boxed: Owned = v
+                .try_into()
+                .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
+            Ok(value::share(boxed))
+        })
+    }
+}
+
 impl Indexer for Variables<'_, '_> {
     fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
     where
@@ -764,19 +890,7 @@ impl Indexer for Variables<'_, '_> {
             .iter()
             .position(|(n, _)| *n == name)
             .ok_or_else(|| ExecutionError::no_such_key(&name))?;
-        let result = self.cache[i].get_or_init(|| {
-            let scope = Scope {
-                act: self.act,
-                params: self.inner.params.as_ref(),
-                vars: self,
-            };
-            let v = execute(&self.inner.variables[i].1, &scope)?;
-            let boxed: Owned = v
-                .try_into()
-                .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
-            Ok(value::share(boxed))
-        });
-        match result {
+        match self.ensure(i) {
             Ok(v) => Ok(CowVal::Borrowed(v.as_ref())),
             Err(e) => Err(ExecutionError::function_error(&format!("variables.{name}"), e)),
         }
@@ -790,3 +904,371 @@ impl Indexer for Variables<'_, '_> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    pub(crate) fn deployment_attrs(operation: &str) -> Attributes {
+        Attributes {
+            uid: "705ab4f5-6393-11e8-b7cc-42010a800002".into(),
+            kind: GroupVersion {
+                group: "apps".into(),
+                version: "v1".into(),
+                name: "Deployment".into(),
+            },
+            resource: GroupVersion {
+                group: "apps".into(),
+                version: "v1".into(),
+                name: "deployments".into(),
+            },
+            sub_resource: String::new(),
+            name: "web".into(),
+            namespace: "default".into(),
+            operation: operation.into(),
+            user_info: UserInfo {
+                username: "alice".into(),
+                uid: "1".into(),
+                groups: vec!["system:authenticated".into()],
+                extra: BTreeMap::new(),
+            },
+            dry_run: false,
+            options: None,
+        }
+    }
+
+    pub(crate) fn deployment(replicas: i64, image: &str) -> String {
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web", "team": "payments"}},
+            "spec": {
+                "replicas": replicas,
+                "template": {"spec": {"containers": [
+                    {"name": "web", "image": image,
+                     "resources": {"limits": {"memory": "512Mi", "cpu": "500m"}}},
+                    {"name": "sidecar", "image": "registry.example.com/proxy:1.2"}
+                ]}}
+            }
+        })
+        .to_string()
+    }
+
+    fn policy(yaml: &str) -> Result<CelPolicy, String> {
+        let params: CelParams = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        CelPolicy::from_params(params)
+    }
+
+    fn verdict(p: &CelPolicy, object: &str) -> Verdict {
+        let attrs = deployment_attrs("CREATE");
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        p.evaluate(&act).verdict
+    }
+
+    fn check(expr: &str) -> Verdict {
+        let p = policy(&format!(
+            "validations:\n- expression: {}\n  message: no\n",
+            serde_json::to_string(expr).unwrap()
+        ))
+        .unwrap_or_else(|e| panic!("{expr}: {e}"));
+        verdict(&p, &deployment(3, "nginx:1.27"))
+    }
+
+    /// Expressions over the Kubernetes CEL libraries with the results the API server gives.
+    #[rstest]
+    // core, macros, has(), optional
+    #[case("object.spec.replicas >= 3")]
+    #[case("has(object.spec.replicas) && !has(object.spec.paused)")]
+    #[case("object.spec.template.spec.containers.all(c, c.image != '')")]
+    #[case("object.spec.template.spec.containers.exists_one(c, c.name == 'web')")]
+    #[case("object.spec.template.spec.containers.map(c, c.name) == ['web', 'sidecar']")]
+    #[case("object.spec.template.spec.containers.filter(c, c.image.endsWith(':1.2')).size() == 1")]
+    #[case("object.metadata.labels['app'] == 'web' && 'team' in object.metadata.labels")]
+    #[case("object.?spec.?paused.orValue(false) == false")]
+    #[case("object.spec.?replicas.orValue(1) == 3")]
+    #[case("optional.of(1).hasValue() && !optional.none().hasValue()")]
+    #[case("oldObject == null")]
+    #[case("request.operation == 'CREATE' && request.userInfo.username == 'alice'")]
+    #[case("request.kind.group == 'apps' && request.resource.resource == 'deployments'")]
+    #[case("'system:authenticated' in request.userInfo.groups")]
+    #[case("params == null")]
+    #[case("object.metadata.name.matches('^[a-z]+$')")]
+    #[case("type(object.spec.replicas) == int")]
+    // strings extension
+    #[case("'TacoCat'.lowerAscii() == 'tacocat' && 'TacoCat'.upperAscii() == 'TACOCAT'")]
+    #[case("'a,b,c'.split(',') == ['a', 'b', 'c'] && ['a', 'b'].join('-') == 'a-b'")]
+    #[case("'hello'.indexOf('l') == 2 && 'hello'.lastIndexOf('l') == 3")]
+    #[case("'  x '.trim() == 'x' && 'hello'.substring(1, 3) == 'el'")]
+    #[case("'hello'.replace('l', 'L') == 'heLLo' && 'hello'.charAt(1) == 'e'")]
+    #[case("'%s has %d replicas'.format([object.metadata.name, object.spec.replicas]) == 'web has 3 replicas'")]
+    // lists library
+    #[case("[1, 2, 3].isSorted() && !['b', 'a'].isSorted()")]
+    #[case("[1, 2, 3].sum() == 6 && [1.5, 2.0].sum() == 3.5 && [].sum() == 0")]
+    #[case("[3, 1, 2].min() == 1 && [3, 1, 2].max() == 3")]
+    #[case("[1, 2, 2, 3].indexOf(2) == 1 && [1, 2, 2, 3].lastIndexOf(2) == 2 && [1].indexOf(5) == -1")]
+    // regex library
+    #[case("'abc 123 def 456'.find('[0-9]+') == '123' && 'abc'.find('[0-9]+') == ''")]
+    #[case("'123 abc 456'.findAll('[0-9]+') == ['123', '456']")]
+    #[case("'1 2 3 4'.findAll('[0-9]', 2) == ['1', '2']")]
+    // quantity library
+    #[case("quantity('1Gi') == quantity('1024Mi')")]
+    #[case("quantity('200M').isGreaterThan(quantity('0.1G'))")]
+    #[case("quantity('100m').isLessThan(quantity('1'))")]
+    #[case("quantity('50k').add(20).compareTo(quantity('50020')) == 0")]
+    #[case("quantity('50k').sub(quantity('20k')) == quantity('30k')")]
+    #[case("quantity('1.5').isInteger() == false && quantity('2').asInteger() == 2")]
+    #[case("quantity('500m').asApproximateFloat() == 0.5 && quantity('-1').sign() == -1")]
+    #[case("isQuantity('2Gi') && !isQuantity('2GB')")]
+    #[case("quantity(object.spec.template.spec.containers[0].resources.limits.memory).isLessThan(quantity('1Gi'))")]
+    // url library
+    #[case("url('https://example.com:80/').getHost() == 'example.com:80'")]
+    #[case("url('https://example.com/').getHostname() == 'example.com' && url('https://example.com/').getPort() == ''")]
+    #[case("url('https://[::1]:80/').getHostname() == '::1' && url('https://[::1]:80/').getPort() == '80'")]
+    #[case("url('https://example.com/path').getScheme() == 'https'")]
+    #[case("url('https://example.com/path%20with%20spaces/').getEscapedPath() == '/path%20with%20spaces/'")]
+    #[case("url('https://example.com/?k=a&k=b&x=1').getQuery() == {'k': ['a', 'b'], 'x': ['1']}")]
+    #[case("isURL('https://example.com/') && isURL('/absolute-path') && !isURL('example.com')")]
+    fn library_matches_the_api_server(#[case] expr: &str) {
+        assert_eq!(check(expr), Verdict::Pass, "{expr}");
+        // The same expression negated must fail: the check can fail.
+        assert!(
+            matches!(check(&format!("!({expr})")), Verdict::Violation { .. }),
+            "!({expr})"
+        );
+    }
+
+    #[rstest]
+    #[case("[].min()", "min called on empty list")]
+    #[case("quantity('1.5').asInteger()", "cannot convert value to integer")]
+    #[case("quantity('12 GB') == quantity('1')", "quantities must match")]
+    #[case("url('example.com').getHost() == ''", "invalid URI for request")]
+    #[case("object.spec.missing == 1", "No such key: missing")]
+    #[case("object.spec.replicas", "must evaluate to a bool, not int")]
+    fn runtime_errors_follow_failure_policy(#[case] expr: &str, #[case] expected: &str) {
+        match check(expr) {
+            Verdict::Error(message) => {
+                assert!(message.contains(expected), "{expr}: {message}");
+                assert!(message.starts_with(&format!("expression '{expr}' resulted in error: ")), "{message}");
+            }
+            other => panic!("{expr}: {other:?}"),
+        }
+        let ignoring = policy(&format!(
+            "failurePolicy: Ignore\nvalidations:\n- expression: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ))
+        .unwrap();
+        assert_eq!(verdict(&ignoring, &deployment(3, "nginx")), Verdict::Pass);
+    }
+
+    #[rstest]
+    #[case(
+        "validations:\n- expression: 'object.spec.replicas >='\n",
+        "validations[0].expression: syntax error at line 1, column"
+    )]
+    #[case(
+        "validations:\n- expression: \"namespaceObject.metadata.labels['env'] == 'prod'\"\n",
+        "`namespaceObject` is not available: Gatehouse has no API access"
+    )]
+    #[case(
+        "validations:\n- expression: \"authorizer.group('apps').resource('deployments').check('scale').allowed()\"\n",
+        "`authorizer` is not available"
+    )]
+    #[case(
+        "validations:\n- expression: 'objet.spec.replicas >= 3'\n",
+        "validations[0].expression: undeclared reference to `objet` (in `objet.spec.replicas >= 3`)"
+    )]
+    #[case(
+        "variables:\n- name: a\n  expression: variables.b\n- name: b\n  expression: '1'\nvalidations:\n- expression: variables.a == 1\n",
+        "variables[0].expression: undeclared reference to `variables.b`"
+    )]
+    #[case(
+        "validations:\n- expression: 'true'\n  reason: Teapot\n",
+        "validations[0].reason: `Teapot` is not one of Unauthorized, Forbidden, Invalid, RequestEntityTooLarge"
+    )]
+    #[case("validations: []\n", "at least one validation")]
+    #[case("validation:\n- expression: 'true'\n", "unknown field `validation`")]
+    fn load_errors_name_field_and_expression(#[case] yaml: &str, #[case] expected: &str) {
+        let err = policy(yaml).expect_err(yaml);
+        assert!(err.contains(expected), "{err}");
+        assert!(!err.contains("usize") && !err.contains("struct"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_load() {
+        let expr = format!("{}1{} == 1", "(".repeat(300), ")".repeat(300));
+        let err = policy(&format!("validations:\n- expression: '{expr}'\n")).unwrap_err();
+        assert!(err.starts_with("validations[0].expression: syntax error"), "{err}");
+        let expr = format!("{} == 60", vec!["1"; 60].join(" + "));
+        let err = policy(&format!("validations:\n- expression: '{expr}'\n")).unwrap_err();
+        assert!(err.contains("nests 61 levels deep, more than the 48 allowed"), "{err}");
+    }
+
+    /// The deepest expressions accepted evaluate on a test thread's 2 MiB stack (debug build).
+    #[test]
+    fn the_deepest_accepted_expressions_evaluate() {
+        let sum = format!("{} == 46", vec!["1"; 46].join(" + "));
+        assert_eq!(check(&sum), Verdict::Pass);
+        let nested = (0..10).fold("true".to_string(), |inner, i| format!("[{i}].all(x{i}, {inner})"));
+        assert_eq!(check(&nested), Verdict::Pass);
+        let chain: Vec<String> = (0..20).map(|i| format!("  - name: v{i}\n    expression: {}\n", if i == 0 { "object.spec.replicas".to_string() } else { format!("variables.v{} + 1", i - 1) })).collect();
+        let p = policy(&format!("variables:\n{}validations:\n- expression: variables.v19 == 22\n", chain.join(""))).unwrap();
+        assert_eq!(verdict(&p, &deployment(3, "x")), Verdict::Pass);
+    }
+
+    #[test]
+    fn messages_come_from_message_expression_then_message_then_the_expression() {
+        let p = policy(
+            r#"
+params: {maxReplicas: 2}
+validations:
+- expression: object.spec.replicas <= params.maxReplicas
+  messageExpression: "'object.spec.replicas must be no greater than ' + string(params.maxReplicas)"
+  reason: Forbidden
+- expression: "false"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            verdict(&p, &deployment(3, "nginx")),
+            Verdict::Violation {
+                message: "object.spec.replicas must be no greater than 2".into(),
+                reason: "Forbidden".into()
+            }
+        );
+        let p = policy("validations:\n- expression: object.spec.replicas < 3\n  message: too many\n  messageExpression: 'object.nope'\n").unwrap();
+        assert_eq!(
+            verdict(&p, &deployment(3, "nginx")),
+            Verdict::Violation {
+                message: "too many".into(),
+                reason: "Invalid".into()
+            }
+        );
+        let p = policy("validations:\n- expression: object.spec.replicas < 3\n").unwrap();
+        assert_eq!(
+            verdict(&p, &deployment(3, "nginx")),
+            Verdict::Violation {
+                message: "failed expression: object.spec.replicas < 3".into(),
+                reason: "Invalid".into()
+            }
+        );
+    }
+
+    #[test]
+    fn variables_are_evaluated_lazily_and_once() {
+        // `boom` fails if evaluated; the validation never reads it.
+        let p = policy(
+            r#"
+variables:
+- name: containers
+  expression: object.spec.template.spec.containers
+- name: boom
+  expression: object.spec.nothing.here
+- name: bad
+  expression: variables.containers.filter(c, c.image.endsWith(':latest'))
+validations:
+- expression: size(variables.bad) == 0
+  messageExpression: "'images with :latest: ' + variables.bad.map(c, c.name).join(', ')"
+"#,
+        )
+        .unwrap();
+        assert_eq!(verdict(&p, &deployment(3, "nginx:1.27")), Verdict::Pass);
+        assert_eq!(
+            verdict(&p, &deployment(3, "nginx:latest")),
+            Verdict::Violation {
+                message: "images with :latest: web".into(),
+                reason: "Invalid".into()
+            }
+        );
+    }
+
+    #[test]
+    fn match_conditions_gate_the_validations() {
+        let p = policy(
+            r#"
+matchConditions:
+- name: only-web
+  expression: object.metadata.name == 'web'
+validations:
+- expression: object.spec.replicas >= 3
+"#,
+        )
+        .unwrap();
+        assert!(matches!(verdict(&p, &deployment(1, "x")), Verdict::Violation { .. }));
+        let other = deployment(1, "x").replace("\"name\":\"web\",\"namespace\"", "\"name\":\"api\",\"namespace\"");
+        assert_eq!(verdict(&p, &other), Verdict::Pass);
+        let p = policy("matchConditions:\n- name: broken\n  expression: object.nope\nvalidations:\n- expression: 'true'\n").unwrap();
+        assert!(matches!(verdict(&p, &deployment(1, "x")), Verdict::Error(m) if m.starts_with("matchCondition 'broken'")));
+    }
+
+    #[test]
+    fn delete_sees_old_object_and_null_object() {
+        let p = policy("validations:\n- expression: object == null && oldObject.spec.replicas == 3\n").unwrap();
+        let attrs = deployment_attrs("DELETE");
+        let old = deployment(3, "nginx");
+        let act = Activation::new(&attrs, None, Some(old.as_bytes()));
+        assert_eq!(p.evaluate(&act).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn audit_annotations_are_returned() {
+        let p = policy(
+            r#"
+validations:
+- expression: "true"
+auditAnnotations:
+- key: high-replica-count
+  valueExpression: "object.spec.replicas > 2 ? 'Deployment spec.replicas set to ' + string(object.spec.replicas) : null"
+"#,
+        )
+        .unwrap();
+        let attrs = deployment_attrs("CREATE");
+        let obj = deployment(5, "nginx");
+        let e = p.evaluate(&Activation::new(&attrs, Some(obj.as_bytes()), None));
+        assert_eq!(e.verdict, Verdict::Pass);
+        assert_eq!(
+            e.audit_annotations,
+            vec![("high-replica-count".to_string(), "Deployment spec.replicas set to 5".to_string())]
+        );
+    }
+
+    /// A huge list and nested comprehensions over it: cut off by the cost budget, answered with
+    /// the failurePolicy.
+    #[rstest]
+    #[case("object.items.map(x, object.items.map(y, x + y)).size() > 0")]
+    #[case("object.items.all(x, object.items.exists(y, y == -1))")]
+    #[case("variables.all.all(x, variables.all.all(y, x != -1))")]
+    #[case("object.items.map(x, [x, x, x, x]).map(l, object.items.size()).size() == 0")]
+    fn pathological_expressions_run_out_of_budget(#[case] expr: &str) {
+        let items: Vec<u32> = (0..100_000).collect();
+        let object = serde_json::json!({ "items": items }).to_string();
+        for (policy_yaml, want_error) in [("Fail", true), ("Ignore", false)] {
+            let p = policy(&format!(
+                "failurePolicy: {policy_yaml}\nvariables:\n- name: all\n  expression: object.items\nvalidations:\n- expression: {}\n",
+                serde_json::to_string(expr).unwrap()
+            ))
+            .unwrap();
+            let attrs = deployment_attrs("CREATE");
+            let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+            let started = Instant::now();
+            let v = p.evaluate(&act).verdict;
+            if want_error {
+                assert!(
+                    matches!(&v, Verdict::Error(m) if m.contains("cost limit exceeded") || m.contains("time limit")),
+                    "{expr}: {v:?}"
+                );
+            } else {
+                assert_eq!(v, Verdict::Pass, "{expr}");
+            }
+            // Not a timing assertion of speed, a bound on a runaway: without the budget these
+            // run for hours.
+            assert!(started.elapsed() < Duration::from_secs(30), "{expr}");
+        }
+    }
+
+    #[test]
+    fn an_unparsable_object_is_an_error_not_a_pass() {
+        let p = policy("validations:\n- expression: 'true'\n").unwrap();
+        assert!(matches!(verdict(&p, "{not json"), Verdict::Error(m) if m.contains("not valid JSON")));
+    }
+}
