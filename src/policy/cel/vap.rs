@@ -407,8 +407,12 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             continue;
         }
         let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let named = match doc.pointer("/metadata/name").and_then(|n| n.as_str()) {
+            Some(name) => format!("{kind} '{name}'"),
+            None => kind.to_owned(),
+        };
         if kind == "ValidatingAdmissionPolicy" {
-            let m: Manifest<PolicySpec> = parse(doc, "ValidatingAdmissionPolicy")?;
+            let m: Manifest<PolicySpec> = parse(doc, &named)?;
             let what = format!("ValidatingAdmissionPolicy '{}'", m.metadata.name);
             if m.metadata.name.is_empty() {
                 return Err("ValidatingAdmissionPolicy: metadata.name is required".into());
@@ -431,7 +435,7 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
                 .map_err(|e| format!("{what}: {e}"))?;
             policies.insert(m.metadata.name.clone(), (m.spec, what));
         } else {
-            let m: Manifest<BindingSpec> = parse(doc, "ValidatingAdmissionPolicyBinding")?;
+            let m: Manifest<BindingSpec> = parse(doc, &named)?;
             if m.metadata.name.is_empty() {
                 return Err("ValidatingAdmissionPolicyBinding: metadata.name is required".into());
             }
@@ -536,5 +540,357 @@ fn params_for(
             "spec.paramRef: no {} '{name}' ({}) in the policy files; Gatehouse cannot read params from the cluster",
             kind.kind, kind.api_version
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::cel::tests::{deployment, deployment_attrs};
+    use rstest::rstest;
+
+    const DEMO_POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "demo-policy.example.com"
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups:   ["apps"]
+      apiVersions: ["v1"]
+      operations:  ["CREATE", "UPDATE"]
+      resources:   ["deployments"]
+  validations:
+    - expression: "object.spec.replicas <= 5"
+"#;
+
+    const DEMO_BINDING: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "demo-binding-test.example.com"
+spec:
+  policyName: "demo-policy.example.com"
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        environment: test
+"#;
+
+    const REPLICA_LIMIT: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "replicalimit-policy.example.com"
+spec:
+  failurePolicy: Fail
+  paramKind:
+    apiVersion: rules.example.com/v1
+    kind: ReplicaLimit
+  matchConstraints:
+    resourceRules:
+    - apiGroups:   ["apps"]
+      apiVersions: ["v1"]
+      operations:  ["CREATE", "UPDATE"]
+      resources:   ["deployments"]
+  validations:
+    - expression: "object.spec.replicas <= params.maxReplicas"
+      reason: Invalid
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "replicalimit-binding-test.example.com"
+spec:
+  policyName: "replicalimit-policy.example.com"
+  validationActions: [Deny]
+  paramRef:
+    name: "replica-limit-test.example.com"
+    namespace: "default"
+    parameterNotFoundAction: Deny
+---
+apiVersion: rules.example.com/v1
+kind: ReplicaLimit
+metadata:
+  name: "replica-limit-test.example.com"
+  namespace: "default"
+maxReplicas: 3
+"#;
+
+    const MESSAGE_EXPRESSION: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "deploy-replica-policy.example.com"
+spec:
+  paramKind:
+    apiVersion: rules.example.com/v1
+    kind: ReplicaLimit
+  matchConstraints:
+    resourceRules:
+    - apiGroups:   ["apps"]
+      apiVersions: ["v1"]
+      operations:  ["CREATE", "UPDATE"]
+      resources:   ["deployments"]
+  validations:
+  - expression: "object.spec.replicas <= params.maxReplicas"
+    messageExpression: "'object.spec.replicas must be no greater than ' + string(params.maxReplicas)"
+    reason: Invalid
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "demo-binding-test.example.com"
+spec:
+  policyName: "deploy-replica-policy.example.com"
+  validationActions: [Deny]
+  paramRef:
+    name: "demo-params"
+---
+apiVersion: rules.example.com/v1
+kind: ReplicaLimit
+metadata:
+  name: "demo-params"
+maxReplicas: 3
+"#;
+
+    const MATCH_CONDITIONS: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "demo-policy.example.com"
+spec:
+  matchConstraints:
+    resourceRules:
+      - apiGroups:   ["*"]
+        apiVersions: ["*"]
+        operations:  ["CREATE", "UPDATE"]
+        resources:   ["*"]
+  matchConditions:
+    - name: 'exclude-leases'
+      expression: '!(request.resource.group == "coordination.k8s.io" && request.resource.resource == "leases")'
+    - name: 'exclude-kubelet-requests'
+      expression: '!("system:nodes" in request.userInfo.groups)'
+    - name: 'rbac'
+      expression: 'request.resource.group != "rbac.authorization.k8s.io"'
+  validations:
+    - expression: "!object.metadata.name.contains('demo') || object.metadata.namespace == 'demo'"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "demo-binding"
+spec:
+  policyName: "demo-policy.example.com"
+  validationActions: [Deny]
+"#;
+
+    const AUDIT: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: "demo-policy.example.com"
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups:   ["apps"]
+      apiVersions: ["v1"]
+      operations:  ["CREATE", "UPDATE"]
+      resources:   ["deployments"]
+  validations:
+    - expression: "object.spec.replicas > 50"
+      messageExpression: "'Deployment spec.replicas set to ' + string(object.spec.replicas)"
+  auditAnnotations:
+    - key: "high-replica-count"
+      valueExpression: "object.spec.replicas > 50 ? 'Deployment spec.replicas set to ' + string(object.spec.replicas) : null"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: "demo-binding"
+spec:
+  policyName: "demo-policy.example.com"
+  validationActions: [Audit]
+"#;
+
+    fn load_text(text: &str) -> Result<Vec<VapPolicy>, String> {
+        load(&documents(text)?)
+    }
+
+    /// Evaluates the only binding in `text` on a Deployment `name` with `replicas`.
+    fn run(text: &str, name: &str, replicas: i64) -> (bool, Evaluation) {
+        let policies = load_text(text).unwrap();
+        assert_eq!(policies.len(), 1);
+        let mut attrs = deployment_attrs("CREATE");
+        attrs.name = name.into();
+        let object = deployment(replicas, "nginx:1.27").replace("\"name\":\"web\",\"namespace\"", &format!("\"name\":\"{name}\",\"namespace\""));
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        (policies[0].matches(&attrs, &act), policies[0].evaluate(&act))
+    }
+
+    fn denied(message: &str) -> Verdict {
+        Verdict::Violation {
+            message: message.into(),
+            reason: "Invalid".into(),
+        }
+    }
+
+    /// The Kubernetes documentation's ValidatingAdmissionPolicy examples, with the verdicts
+    /// it documents.
+    #[rstest]
+    #[case::basic_denied(
+        format!("{DEMO_POLICY}---\n{}", DEMO_BINDING.replace("namespaceSelector", "objectSelector").replace("environment: test", "app: web")),
+        6,
+        denied("ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding-test.example.com' denied request: failed expression: object.spec.replicas <= 5")
+    )]
+    #[case::basic_admitted(
+        format!("{DEMO_POLICY}---\n{}", DEMO_BINDING.replace("namespaceSelector", "objectSelector").replace("environment: test", "app: web")),
+        5,
+        Verdict::Pass
+    )]
+    #[case::params_denied(
+        REPLICA_LIMIT.to_string(),
+        4,
+        denied("ValidatingAdmissionPolicy 'replicalimit-policy.example.com' with binding 'replicalimit-binding-test.example.com' denied request: failed expression: object.spec.replicas <= params.maxReplicas")
+    )]
+    #[case::params_admitted(REPLICA_LIMIT.to_string(), 3, Verdict::Pass)]
+    #[case::message_expression(
+        MESSAGE_EXPRESSION.to_string(),
+        5,
+        denied("ValidatingAdmissionPolicy 'deploy-replica-policy.example.com' with binding 'demo-binding-test.example.com' denied request: object.spec.replicas must be no greater than 3")
+    )]
+    fn documented_examples(#[case] text: String, #[case] replicas: i64, #[case] expected: Verdict) {
+        let (matched, e) = run(&text, "web", replicas);
+        assert!(matched);
+        assert_eq!(e.verdict, expected);
+    }
+
+    #[test]
+    fn documented_match_conditions_example() {
+        let (matched, e) = run(MATCH_CONDITIONS, "demo-app", 1);
+        assert!(matched);
+        assert_eq!(
+            e.verdict,
+            denied("ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: failed expression: !object.metadata.name.contains('demo') || object.metadata.namespace == 'demo'")
+        );
+        let (_, e) = run(MATCH_CONDITIONS, "web", 1);
+        assert_eq!(e.verdict, Verdict::Pass);
+        // A kubelet request is excluded by a match condition: admitted.
+        let policies = load_text(MATCH_CONDITIONS).unwrap();
+        let mut attrs = deployment_attrs("CREATE");
+        attrs.user_info.groups.push("system:nodes".into());
+        let object = deployment(1, "x").replace("\"name\":\"web\",\"namespace\"", "\"name\":\"demo-app\",\"namespace\"");
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        assert_eq!(policies[0].evaluate(&act).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn documented_audit_annotations_example() {
+        let policies = load_text(AUDIT).unwrap();
+        assert_eq!(policies[0].actions, vec![ValidationAction::Audit]);
+        let (_, e) = run(AUDIT, "web", 51);
+        assert_eq!(e.verdict, Verdict::Pass);
+        assert_eq!(
+            e.audit_annotations,
+            vec![("high-replica-count".into(), "Deployment spec.replicas set to 51".into())]
+        );
+        let (_, e) = run(AUDIT, "web", 3);
+        assert_eq!(
+            e.verdict,
+            denied("ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: Deployment spec.replicas set to 3")
+        );
+        assert!(e.audit_annotations.is_empty());
+    }
+
+    /// What Gatehouse cannot honour is refused at load, with the reason.
+    #[rstest]
+    #[case::namespace_selector(format!("{DEMO_POLICY}---\n{DEMO_BINDING}"), "ValidatingAdmissionPolicyBinding 'demo-binding-test.example.com': spec.matchResources.namespaceSelector: selects namespaces by their labels, which Gatehouse cannot read without API access")]
+    #[case::param_not_in_files(REPLICA_LIMIT.replace("name: \"replica-limit-test.example.com\"\n  namespace", "name: \"other\"\n  namespace"), "spec.paramRef: no ReplicaLimit 'replica-limit-test.example.com' (rules.example.com/v1) in the policy files; Gatehouse cannot read params from the cluster")]
+    #[case::param_selector(REPLICA_LIMIT.replace("name: \"replica-limit-test.example.com\"\n    namespace: \"default\"", "selector: {matchLabels: {a: b}}"), "spec.paramRef.selector: selecting params among cluster objects needs API access")]
+    #[case::no_param_ref(MESSAGE_EXPRESSION.replace("  paramRef:\n    name: \"demo-params\"\n", ""), "spec.paramRef: the policy takes params of kind ReplicaLimit")]
+    #[case::namespace_object(
+        DEMO_POLICY.replace("object.spec.replicas <= 5", "namespaceObject.metadata.name != 'x'") + "---\n" + &DEMO_BINDING.replace("    namespaceSelector:\n      matchLabels:\n        environment: test\n", "    {}\n"),
+        "ValidatingAdmissionPolicy 'demo-policy.example.com': spec.validations[0].expression: `namespaceObject` is not available"
+    )]
+    #[case::unknown_policy(DEMO_BINDING.replace("namespaceSelector", "objectSelector"), "spec.policyName: no ValidatingAdmissionPolicy 'demo-policy.example.com' in the policy files")]
+    #[case::deny_and_warn(format!("{DEMO_POLICY}---\n{}", DEMO_BINDING.replace("[Deny]", "[Deny, Warn]").replace("namespaceSelector", "objectSelector")), "Deny and Warn may not be used together")]
+    #[case::typo(DEMO_POLICY.replace("validations:", "validation:"), "ValidatingAdmissionPolicy 'demo-policy.example.com': spec.validation: unknown field `validation`")]
+    #[case::bad_operation(DEMO_POLICY.replace("\"CREATE\", \"UPDATE\"", "\"PATCH\""), "spec.matchConstraints.resourceRules[0].operations: `PATCH` is not one of CREATE, UPDATE, DELETE, CONNECT, *")]
+    fn refused_at_load(#[case] text: String, #[case] expected: &str) {
+        let err = load_text(&text).expect_err(&text);
+        assert!(err.contains(expected), "{err}");
+    }
+
+    #[test]
+    fn list_objects_and_multiple_documents() {
+        let policy: serde_json::Value = serde_yaml::from_str(DEMO_POLICY).unwrap();
+        let binding: serde_json::Value = serde_yaml::from_str(&DEMO_BINDING.replace("namespaceSelector", "objectSelector")).unwrap();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [policy, binding]});
+        let text = format!("---\n{}\n---\n", serde_yaml::to_string(&list).unwrap());
+        let docs = documents(&text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(load(&docs).unwrap()[0].name(), "demo-policy.example.com/demo-binding-test.example.com");
+        assert!(documents("a: [").unwrap_err().starts_with("document 1: "));
+    }
+
+    #[rstest]
+    #[case("deployments", "", "CREATE", "default", true)]
+    #[case("deployments", "scale", "UPDATE", "default", false)]
+    #[case("pods", "", "CREATE", "default", false)]
+    #[case("deployments", "", "DELETE", "default", false)]
+    fn resource_rules_select_resource_subresource_and_operation(
+        #[case] resource: &str,
+        #[case] sub: &str,
+        #[case] op: &str,
+        #[case] ns: &str,
+        #[case] expected: bool,
+    ) {
+        let policies = load_text(&format!("{DEMO_POLICY}---\n{}", DEMO_BINDING.replace("    namespaceSelector:\n      matchLabels:\n        environment: test\n", "    excludeResourceRules: []\n"))).unwrap();
+        let mut attrs = deployment_attrs(op);
+        attrs.resource.name = resource.into();
+        attrs.sub_resource = sub.into();
+        attrs.namespace = ns.into();
+        let object = deployment(3, "x");
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        assert_eq!(policies[0].matches(&attrs, &act), expected);
+    }
+
+    #[rstest]
+    #[case("pods/*", "pods", "log", true)]
+    #[case("*/scale", "deployments", "scale", true)]
+    #[case("*", "deployments", "scale", false)]
+    #[case("*/*", "deployments", "scale", true)]
+    #[case("deployments", "deployments", "", true)]
+    fn resource_patterns(#[case] pattern: &str, #[case] res: &str, #[case] sub: &str, #[case] expected: bool) {
+        let mut attrs = deployment_attrs("CREATE");
+        attrs.resource.name = res.into();
+        attrs.sub_resource = sub.into();
+        assert_eq!(resource_matches(pattern, &attrs), expected);
+    }
+
+    #[test]
+    fn object_selector_and_excludes() {
+        let binding = DEMO_BINDING
+            .replace("namespaceSelector", "objectSelector")
+            .replace("matchLabels:\n        environment: test", "matchExpressions:\n      - {key: team, operator: In, values: [payments]}");
+        let policies = load_text(&format!("{DEMO_POLICY}---\n{binding}")).unwrap();
+        let attrs = deployment_attrs("CREATE");
+        let object = deployment(3, "x");
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        assert!(policies[0].matches(&attrs, &act));
+        let other = object.replace("\"team\":\"payments\"", "\"team\":\"search\"");
+        let act = Activation::new(&attrs, Some(other.as_bytes()), None);
+        assert!(!policies[0].matches(&attrs, &act));
+        let excluded = DEMO_POLICY.replace(
+            "  validations:",
+            "    excludeResourceRules:\n    - {apiGroups: [apps], apiVersions: ['*'], operations: ['*'], resources: [deployments], resourceNames: [web]}\n  validations:",
+        );
+        let policies = load_text(&format!("{excluded}---\n{binding}")).unwrap();
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        assert!(!policies[0].matches(&attrs, &act));
     }
 }
