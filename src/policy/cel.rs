@@ -987,6 +987,8 @@ mod tests {
     #[case("object.metadata.labels['app'] == 'web' && 'team' in object.metadata.labels")]
     #[case("object.?spec.?paused.orValue(false) == false")]
     #[case("object.spec.?replicas.orValue(1) == 3")]
+    #[case("object.spec.template.spec.containers[0].resources.?limits.?memory.orValue('0') == '512Mi'")]
+    #[case("object.spec.template.spec.containers[1].?resources.?limits.?memory.orValue('none') == 'none'")]
     #[case("optional.of(1).hasValue() && !optional.none().hasValue()")]
     #[case("oldObject == null")]
     #[case("request.operation == 'CREATE' && request.userInfo.username == 'alice'")]

@@ -223,7 +223,14 @@ macro_rules! shared_container {
             where
                 Self: 'w,
             {
-                self.0.as_indexer()
+                Some(self)
+            }
+
+            fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+            where
+                Self: 'w,
+            {
+                Some(self)
             }
 
             fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
@@ -265,6 +272,25 @@ macro_rules! shared_container {
             {
                 let inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
                 Some(Builtin::$builtin(inner))
+            }
+        }
+
+        impl Indexer for $ty {
+            fn get<'b, 'w>(
+                &'b self,
+                idx: &dyn Val,
+            ) -> Result<::cel::common::value::CowVal<'b, 'w>, ExecutionError>
+            where
+                Self: 'w,
+            {
+                Indexer::get(&*self.0, idx)
+            }
+
+            fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+            where
+                Self: 'w,
+            {
+                Indexer::get(&*self.0, idx).map(|v| v.as_ref().clone_as_boxed())
             }
         }
 

@@ -894,3 +894,73 @@ spec:
         assert!(!policies[0].matches(&attrs, &act));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::policy::cel::tests::{deployment, deployment_attrs};
+    use rstest::rstest;
+
+    fn example(file: &str) -> Vec<VapPolicy> {
+        let path = format!("{}/policies/examples/vap/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        load(&documents(&text).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn judge(file: &str, object: &str) -> (Verdict, Vec<ValidationAction>) {
+        let policies = example(file);
+        assert_eq!(policies.len(), 1, "{file}");
+        let attrs = deployment_attrs("CREATE");
+        let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+        assert!(policies[0].matches(&attrs, &act), "{file}");
+        (policies[0].evaluate(&act).verdict, policies[0].actions.clone())
+    }
+
+    #[rstest]
+    #[case::replicas_ok("replicas.yaml", deployment(3, "nginx:1.27"), None)]
+    #[case::replicas_low("replicas.yaml", deployment(2, "nginx:1.27"), Some("ValidatingAdmissionPolicy 'min-replicas.gatehouse.example.com' with binding 'min-replicas-binding' denied request: at least 3 replicas are required, got 2"))]
+    #[case::pinned("no-latest.yaml", deployment(3, "nginx:1.27"), None)]
+    #[case::latest("no-latest.yaml", deployment(3, "nginx:latest"), Some("denied request: images must name a version, not :latest: web=nginx:latest"))]
+    #[case::untagged("no-latest.yaml", deployment(3, "registry:5000/nginx"), Some("web=registry:5000/nginx"))]
+    #[case::team_ok("team-label.yaml", deployment(3, "x"), None)]
+    #[case::team_bad("team-label.yaml", deployment(3, "x").replace("\"team\":\"payments\"", "\"team\":\"Payments!\""), Some("the team label must match ^[a-z][a-z0-9-]{1,30}$"))]
+    #[case::team_missing("team-label.yaml", deployment(3, "x").replace(",\"team\":\"payments\"", ""), Some("the team label must match"))]
+    #[case::memory_ok("memory-cap.yaml", deployment(3, "x"), None)]
+    #[case::memory_high("memory-cap.yaml", deployment(3, "x").replace("512Mi", "5Gi"), Some("no container may use more than 4Gi of memory: 5Gi"))]
+    fn vap_examples(#[case] file: &str, #[case] object: String, #[case] denied: Option<&str>) {
+        let (verdict, _) = judge(file, &object);
+        match (denied, verdict) {
+            (None, Verdict::Pass) => {}
+            (Some(want), Verdict::Violation { message, .. }) => {
+                assert!(message.contains(want), "{file}: {message}")
+            }
+            (want, got) => panic!("{file}: wanted {want:?}, got {got:?}"),
+        }
+    }
+
+    #[test]
+    fn team_label_only_warns() {
+        assert_eq!(judge("team-label.yaml", &deployment(3, "x")).1, vec![ValidationAction::Warn]);
+    }
+
+    #[test]
+    fn no_latest_judges_pods_too() {
+        let policies = example("no-latest.yaml");
+        let mut attrs = deployment_attrs("CREATE");
+        attrs.resource = crate::policy::cel::GroupVersion {
+            group: String::new(),
+            version: "v1".into(),
+            name: "pods".into(),
+        };
+        let pod = serde_json::json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [{"name": "app", "image": "app:2"}]}})
+        .to_string();
+        let act = Activation::new(&attrs, Some(pod.as_bytes()), None);
+        assert!(policies[0].matches(&attrs, &act));
+        assert!(matches!(
+            policies[0].evaluate(&act).verdict,
+            Verdict::Violation { message, .. } if message.ends_with("not :latest: init=busybox")
+        ));
+    }
+}
