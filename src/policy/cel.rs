@@ -115,6 +115,8 @@ struct Compiled {
     program: Program,
     /// Indices of the variables it reads directly.
     uses: Vec<usize>,
+    /// Cost of one comprehension step: the node count of its largest loop body.
+    step_cost: u64,
 }
 
 #[derive(Debug)]
@@ -427,6 +429,66 @@ fn depth(e: &IdedExpr) -> usize {
     }
 }
 
+/// Node count of an expression tree.
+fn nodes(e: &IdedExpr) -> usize {
+    1 + match &e.expr {
+        Expr::Select(sel) => nodes(&sel.operand),
+        Expr::Call(call) => {
+            call.target.iter().map(|t| nodes(t)).sum::<usize>()
+                + call.args.iter().map(nodes).sum::<usize>()
+        }
+        Expr::List(list) => list.elements.iter().map(nodes).sum(),
+        Expr::Map(::cel::common::ast::MapExpr { entries: m })
+        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
+            .iter()
+            .map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(me) => nodes(&me.key) + nodes(&me.value),
+                EntryExpr::StructField(f) => nodes(&f.value),
+            })
+            .sum(),
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .map(nodes)
+            .sum(),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
+    }
+}
+
+/// The largest comprehension step (condition and body) in an expression, in nodes.
+fn step_cost(e: &IdedExpr) -> usize {
+    let here = match &e.expr {
+        Expr::Comprehension(c) => nodes(&c.loop_cond) + nodes(&c.loop_step),
+        _ => 1,
+    };
+    let below = match &e.expr {
+        Expr::Select(sel) => step_cost(&sel.operand),
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(|t| step_cost(t))
+            .chain(call.args.iter().map(step_cost))
+            .max()
+            .unwrap_or(1),
+        Expr::List(list) => list.elements.iter().map(step_cost).max().unwrap_or(1),
+        Expr::Map(::cel::common::ast::MapExpr { entries: m })
+        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
+            .iter()
+            .map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(me) => step_cost(&me.key).max(step_cost(&me.value)),
+                EntryExpr::StructField(f) => step_cost(&f.value),
+            })
+            .max()
+            .unwrap_or(1),
+        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+            .into_iter()
+            .map(step_cost)
+            .max()
+            .unwrap_or(1),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 1,
+    };
+    here.max(below)
+}
+
 fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled, String> {
     let program = library::ENV.compile(source).map_err(|e| {
         let first = e.errors.first();
@@ -454,10 +516,12 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
         .collect();
     uses.sort_unstable();
     uses.dedup();
+    let step_cost = step_cost(program.expression()) as u64;
     Ok(Compiled {
         source: source.to_owned(),
         program,
         uses,
+        step_cost,
     })
 }
 
@@ -780,7 +844,10 @@ fn execute(c: &Compiled, scope: &Scope<'_, '_, '_>) -> Result<Value, String> {
     }
     let mut ctx = Context::with_env(Arc::clone(&library::ENV));
     ctx.set_variable_resolver(scope);
-    c.program.execute(&ctx).map_err(|e| e.to_string())
+    let previous = value::set_iteration_cost(c.step_cost);
+    let result = c.program.execute(&ctx).map_err(|e| e.to_string());
+    value::set_iteration_cost(previous);
+    result
 }
 
 /// What expressions resolve their root names against.
@@ -867,6 +934,16 @@ impl Variables<'_, '_> {
             };
             let (name, program) = &self.inner.variables[i];
             let v = execute(program, &scope)?;
+            // A variable's size is charged once computed, so chains of variables that double a
+            // string or a list run out of budget rather than memory.
+            let size = match &v {
+                Value::String(s) => s.len() as u64,
+                Value::Bytes(b) => b.len() as u64,
+                Value::List(l) => l.len() as u64,
+                Value::Map(m) => m.map.len() as u64,
+                _ => 1,
+            };
+            value::charge_or_fail(&format!("variables.{name}"), size).map_err(|e| e.to_string())?;
             let boxed: Owned = v
                 .try_into()
                 .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
@@ -1241,6 +1318,7 @@ auditAnnotations:
     #[case("object.items.all(x, object.items.exists(y, y == -1))")]
     #[case("variables.all.all(x, variables.all.all(y, x != -1))")]
     #[case("object.items.map(x, [x, x, x, x]).map(l, object.items.size()).size() == 0")]
+    #[case("object.items.map(x, [x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x]).size() == 0")]
     fn pathological_expressions_run_out_of_budget(#[case] expr: &str) {
         let items: Vec<u32> = (0..100_000).collect();
         let object = serde_json::json!({ "items": items }).to_string();
@@ -1266,6 +1344,17 @@ auditAnnotations:
             // run for hours.
             assert!(started.elapsed() < Duration::from_secs(30), "{expr}");
         }
+    }
+
+    #[test]
+    fn variable_chains_that_double_a_string_run_out_of_budget() {
+        let mut vars = String::from("variables:\n- name: v0\n  expression: object.s\n");
+        for i in 1..40 {
+            vars += &format!("- name: v{i}\n  expression: variables.v{} + variables.v{}\n", i - 1, i - 1);
+        }
+        let p = policy(&format!("{vars}validations:\n- expression: size(variables.v39) > 0\n")).unwrap();
+        let object = serde_json::json!({"s": "x".repeat(1000)}).to_string();
+        assert!(matches!(verdict(&p, &object), Verdict::Error(m) if m.contains("cost limit exceeded")));
     }
 
     #[test]

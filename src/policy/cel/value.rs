@@ -43,6 +43,7 @@ thread_local! {
         exceeded: Cell::new(None),
         deadline: Cell::new(None),
         ticks: Cell::new(0),
+        per_item: Cell::new(1),
     } };
 }
 
@@ -52,6 +53,14 @@ struct BudgetCell {
     exceeded: Cell<Option<Exhausted>>,
     deadline: Cell<Option<Instant>>,
     ticks: Cell<u32>,
+    per_item: Cell<u64>,
+}
+
+/// Sets what one iteration of a comprehension costs while the current expression runs (the
+/// size of its largest loop body, as cel-go charges each step it evaluates); returns the
+/// previous weight to restore.
+pub(crate) fn set_iteration_cost(units: u64) -> u64 {
+    BUDGET.with(|b| b.per_item.replace(units.max(1)))
 }
 
 /// Why an evaluation was cut off.
@@ -179,7 +188,7 @@ impl SharedMap {
     }
 }
 
-/// Iterates `inner`, charging one unit per element; stops when the budget is spent (the
+/// Iterates `inner`, charging each element the current iteration cost; stops when the budget is spent (the
 /// evaluation is then reported as cut off, whatever it returned).
 struct Counted<'b> {
     inner: Box<dyn traits::Iterator<'b, 'static> + 'b>,
@@ -187,7 +196,7 @@ struct Counted<'b> {
 
 impl<'b, 'v> traits::Iterator<'b, 'v> for Counted<'b> {
     fn next(&mut self) -> Option<&'b (dyn Val + 'v)> {
-        if !charge(1) {
+        if !charge(BUDGET.with(|b| b.per_item.get())) {
             return None;
         }
         match self.inner.next() {
