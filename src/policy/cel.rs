@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use ::cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use ::cel::common::traits::Indexer;
 use ::cel::common::types::{CelBool, CelMapKey, CelNull, CelString, Type};
-use ::cel::common::value::{CowVal, Val};
+use ::cel::common::value::{BuiltinRef, CowVal, Val};
 use ::cel::context::VariableResolver;
 use ::cel::{Context, ExecutionError, Program, Value};
 use serde::Deserialize;
@@ -839,13 +839,33 @@ impl Run<'_, '_> {
 }
 
 fn execute(c: &Compiled, scope: &Scope<'_, '_, '_>) -> Result<Value, String> {
+    with_result(c, scope, |v| {
+        if matches!(v.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
+            // Only variables may be lists or maps; copying one into a result is never needed.
+            return Err(format!(
+                "the expression must evaluate to a bool or a string, not {}",
+                v.get_type().name()
+            ));
+        }
+        Value::try_from(v).map_err(|e| e.to_string())
+    })
+}
+
+/// Evaluates `c` and hands its result, still a CEL value borrowed where it can be, to `f`.
+fn with_result<T>(
+    c: &Compiled,
+    scope: &Scope<'_, '_, '_>,
+    f: impl FnOnce(&dyn Val) -> Result<T, String>,
+) -> Result<T, String> {
     if let Some(e) = scope.act_error() {
         return Err(e);
     }
     let mut ctx = Context::with_env(Arc::clone(&library::ENV));
     ctx.set_variable_resolver(scope);
     let previous = value::set_iteration_cost(c.step_cost);
-    let result = c.program.execute(&ctx).map_err(|e| e.to_string());
+    let result = Value::resolve_val(c.program.expression(), &ctx)
+        .map_err(|e| e.to_string())
+        .and_then(|v| f(v.as_ref()));
     value::set_iteration_cost(previous);
     result
 }
@@ -933,21 +953,28 @@ impl Variables<'_, '_> {
                 vars: self,
             };
             let (name, program) = &self.inner.variables[i];
-            let v = execute(program, &scope)?;
-            // A variable's size is charged once computed, so chains of variables that double a
-            // string or a list run out of budget rather than memory.
-            let size = match &v {
-                Value::String(s) => s.len() as u64,
-                Value::Bytes(b) => b.len() as u64,
-                Value::List(l) => l.len() as u64,
-                Value::Map(m) => m.map.len() as u64,
-                _ => 1,
-            };
-            value::charge_or_fail(&format!("variables.{name}"), size).map_err(|e| e.to_string())?;
-            let boxed: Owned = v
-                .try_into()
-                .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
-            Ok(value::share(boxed))
+            with_result(program, &scope, |v| {
+                // A variable's size is charged once computed, so chains of variables that
+                // double a string or a list run out of budget rather than memory.
+                let size = match v.as_sizer() {
+                    Some(s) => (*s.size().inner()).max(1) as u64,
+                    None => 1,
+                };
+                value::charge_or_fail(&format!("variables.{name}"), size)
+                    .map_err(|e| e.to_string())?;
+                // Parts of the object are shared, not copied.
+                if let Some(l) = v.downcast_ref::<value::SharedList>() {
+                    return Ok(Box::new(l.clone()) as Owned);
+                }
+                if let Some(m) = v.downcast_ref::<value::SharedMap>() {
+                    return Ok(Box::new(m.clone()) as Owned);
+                }
+                let v = Value::try_from(v).map_err(|e| e.to_string())?;
+                let boxed: Owned = v
+                    .try_into()
+                    .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
+                Ok(value::share(boxed))
+            })
         })
     }
 }
@@ -1080,6 +1107,9 @@ mod tests {
     #[case("'hello'.indexOf('l') == 2 && 'hello'.lastIndexOf('l') == 3")]
     #[case("'  x '.trim() == 'x' && 'hello'.substring(1, 3) == 'el'")]
     #[case("'hello'.replace('l', 'L') == 'heLLo' && 'hello'.charAt(1) == 'e'")]
+    #[case("'hello'.replace('l', 'L', 1) == 'heLlo' && 'ab'.replace('', '-') == '-a-b-'")]
+    #[case("'a,b,c'.split(',', 2) == ['a', 'b,c'] && 'abc'.split('') == ['a', 'b', 'c'] && 'abc'.split('', 2) == ['a', 'bc'] && 'a'.split(',', 0) == []")]
+    #[case("['a', 'b'].join() == 'ab'")]
     #[case("'%s has %d replicas'.format([object.metadata.name, object.spec.replicas]) == 'web has 3 replicas'")]
     // lists library
     #[case("[1, 2, 3].isSorted() && !['b', 'a'].isSorted()")]

@@ -22,16 +22,65 @@ use crate::policy::quantity::Quantity;
 type R<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 
 /// The environment every CEL policy compiles and runs in (built once).
-pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(build()));
+pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
+    // Declaring only fails on a programming error (a duplicate overload), which the tests
+    // catch with `try_build`; the environment is still usable without the failed part.
+    Arc::new(try_build().unwrap_or_else(|(env, _)| env))
+});
 
-fn build() -> Env {
+/// The environment, or the environment and the first declaration that failed.
+fn try_build() -> Result<Env, (Env, ::cel::DeclarationError)> {
     let mut env = Env::stdlib();
+    // Charged versions of the string functions whose result can be much larger than their
+    // input, declared first (with a `dyn` argument or receiver) so they are the overloads calls
+    // find.
+    if let Err(e) = register_charged_strings(&mut env) {
+        return Err((env, e));
+    }
     // The strings extension (charAt, indexOf, lastIndexOf, join, lowerAscii, upperAscii, trim,
     // replace, split, substring, format, strings.quote, reverse) is cel-go's, as the API
-    // server's. Declaring twice only fails on a programming error: the tests build it.
-    let _ = env.add_extension(::cel::extensions::strings);
-    let _ = register(&mut env);
-    env
+    // server's.
+    if let Err(e) = env.add_extension(::cel::extensions::strings) {
+        return Err((env, e));
+    }
+    if let Err(e) = register(&mut env) {
+        return Err((env, e));
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+#[test]
+fn every_declaration_succeeds() {
+    assert!(try_build().is_ok(), "{:?}", try_build().err().map(|(_, e)| e));
+}
+
+fn register_charged_strings(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
+    env.add_member_overload("split", "charged_split", STRING_TYPE, vec![DYN_TYPE], split)?;
+    env.add_member_overload(
+        "split",
+        "charged_split_n",
+        STRING_TYPE,
+        vec![DYN_TYPE, INT_TYPE],
+        split,
+    )?;
+    env.add_member_overload("join", "charged_join", DYN_TYPE, vec![], join)?;
+    env.add_member_overload("join", "charged_join_sep", DYN_TYPE, vec![DYN_TYPE], join)?;
+    env.add_member_overload(
+        "replace",
+        "charged_replace",
+        STRING_TYPE,
+        vec![DYN_TYPE, DYN_TYPE],
+        replace,
+    )?;
+    env.add_member_overload(
+        "replace",
+        "charged_replace_n",
+        STRING_TYPE,
+        vec![DYN_TYPE, DYN_TYPE, INT_TYPE],
+        replace,
+    )?;
+    Ok(())
 }
 
 fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
@@ -142,6 +191,98 @@ fn compare(a: &dyn Val, b: &dyn Val, f: &str) -> Result<Ordering, ExecutionError
     a.as_comparer()
         .ok_or_else(|| err(f, format!("cannot compare {}", a.get_type().name())))?
         .compare(b)
+}
+
+// --- strings whose result outgrows their input -----------------------------------------------
+
+/// `s.split(sep)`, `s.split(sep, n)`, as Go's `strings.SplitN` (an empty separator splits
+/// into characters; `n < 0` means all, `n == 0` none). One unit per resulting part.
+fn split<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+    let s = string_arg(&args, 0, "split")?;
+    let sep = string_arg(&args, 1, "split")?;
+    let n = if args.len() > 2 { int_arg(&args, 2, "split")? } else { -1 };
+    let parts = if sep.is_empty() {
+        s.chars().count()
+    } else {
+        s.matches(sep).count() + 1
+    };
+    charge_or_fail("split", parts as u64 + 1)?;
+    let out: Vec<String> = match n {
+        0 => Vec::new(),
+        n if n < 0 => {
+            if sep.is_empty() {
+                s.chars().map(String::from).collect()
+            } else {
+                s.split(sep).map(str::to_owned).collect()
+            }
+        }
+        n => {
+            let n = n as usize;
+            if sep.is_empty() {
+                let chars: Vec<char> = s.chars().collect();
+                let mut out: Vec<String> = chars
+                    .iter()
+                    .take(n.saturating_sub(1))
+                    .map(|c| c.to_string())
+                    .collect();
+                if chars.len() >= n {
+                    out.push(chars[n - 1..].iter().collect());
+                }
+                out
+            } else {
+                s.splitn(n, sep).map(str::to_owned).collect()
+            }
+        }
+    };
+    let items: Vec<Owned> = out
+        .into_iter()
+        .map(|p| Box::new(CelString::from(p)) as Owned)
+        .collect();
+    owned(CelList::from(items))
+}
+
+/// `list.join()`, `list.join(sep)`: one unit per 8 bytes of the result.
+fn join<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+    let items = elements(&args, "join")?;
+    let sep = if args.len() > 1 {
+        string_arg(&args, 1, "join")?
+    } else {
+        ""
+    };
+    let mut parts = Vec::with_capacity(items.len());
+    for v in &items {
+        parts.push(
+            v.downcast_ref::<CelString>()
+                .map(|s| s.inner())
+                .ok_or_else(|| err("join", "list elements must be strings"))?,
+        );
+    }
+    let total: usize = parts.iter().map(|p| p.len()).sum::<usize>() + sep.len() * parts.len();
+    charge_or_fail("join", total as u64 / 8 + 1)?;
+    owned(CelString::from(parts.join(sep)))
+}
+
+/// `s.replace(old, new)`, `s.replace(old, new, n)`: charged one unit per 8 bytes of the result,
+/// before it is built.
+fn replace<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+    let s = string_arg(&args, 0, "replace")?;
+    let old = string_arg(&args, 1, "replace")?;
+    let new = string_arg(&args, 2, "replace")?;
+    let n = if args.len() > 3 { int_arg(&args, 3, "replace")? } else { -1 };
+    let found = if old.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(old).count()
+    };
+    let count = if n < 0 { found } else { found.min(n as usize) };
+    let size = s.len() + count * new.len();
+    charge_or_fail("replace", size as u64 / 8 + 1)?;
+    let out = if n < 0 {
+        s.replace(old, new)
+    } else {
+        s.replacen(old, new, n as usize)
+    };
+    owned(CelString::from(out))
 }
 
 // --- lists -----------------------------------------------------------------------------------

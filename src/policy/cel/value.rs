@@ -261,6 +261,10 @@ macro_rules! shared_container {
                 self.0.equals(other)
             }
 
+            fn as_any(&self) -> Option<&dyn std::any::Any> {
+                Some(self)
+            }
+
             fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
             where
                 Self: 'w,
