@@ -191,6 +191,7 @@ pub const KINDS: &[(&str, Loader)] = &[
     ("labels", load_params::<labels::Labels>),
     ("forward", forward::load),
     ("one-time-token", one_time_token::load),
+    ("cel", cel::load),
 ];
 
 /// A policy's kind: its name and its loaded check.
@@ -345,25 +346,40 @@ pub fn parse_file_with(
     source: &str,
     ctx: &LoadContext,
 ) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
-    let root: serde_yaml::Value = serde_yaml::from_str(text)
-        .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
+    // A file may hold several YAML documents (`---`): Gatehouse policy documents and
+    // Kubernetes objects (ValidatingAdmissionPolicies, their bindings, their params).
+    let mut roots = Vec::new();
+    let mut kubernetes = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let root = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
+        if cel::vap::is_kubernetes_object(&root) {
+            kubernetes.push(root);
+        } else {
+            roots.push(root);
+        }
+    }
     let mut notifications = Vec::new();
-    let items = match root {
-        serde_yaml::Value::Null => Vec::new(),
-        serde_yaml::Value::Sequence(items) => items,
-        serde_yaml::Value::Mapping(_) => {
-            let doc: Document = serde_path_to_error::deserialize(root)
-                .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
-            notifications = doc.notifications;
-            doc.policies
+    let mut items = Vec::new();
+    for root in roots {
+        match root {
+            serde_yaml::Value::Null => {}
+            serde_yaml::Value::Sequence(list) => items.extend(list),
+            serde_yaml::Value::Mapping(_) => {
+                let doc: Document = serde_path_to_error::deserialize(root).map_err(|e| {
+                    LoadError::new(source, format!("{}: {}", e.path(), e.inner()))
+                })?;
+                notifications.extend(doc.notifications);
+                items.extend(doc.policies);
+            }
+            _ => {
+                return Err(LoadError::new(
+                    source,
+                    "expected a list of policies or a mapping with `policies:`",
+                ));
+            }
         }
-        _ => {
-            return Err(LoadError::new(
-                source,
-                "expected a list of policies or a mapping with `policies:`",
-            ));
-        }
-    };
+    }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let label = item_label(&item, "policy", i);
@@ -380,6 +396,9 @@ pub fn parse_file_with(
             kind,
             source: source.to_owned(),
         });
+    }
+    if !kubernetes.is_empty() {
+        out.extend(cel::vap::policies(kubernetes, source).map_err(|m| LoadError::new(source, m))?);
     }
     let rules = crate::notify::rule::parse_rules(notifications, source)?;
     Ok((out, rules))

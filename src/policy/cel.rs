@@ -1009,6 +1009,99 @@ impl Indexer for Variables<'_, '_> {
 }
 
 
+// ---------------------------------------------------------------------------------------------
+// The `cel` kind in Gatehouse's policy engine
+// ---------------------------------------------------------------------------------------------
+
+/// Loads a `cel` policy's params (the [`Loader`](crate::policy::Loader) in `KINDS`).
+pub fn load(
+    params: serde_yaml::Value,
+    _ctx: &crate::policy::LoadContext,
+) -> Result<Arc<dyn crate::policy::Check>, String> {
+    let params = if params.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        params
+    };
+    let typed: CelParams = serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("params: {}", e.inner())
+        } else {
+            format!("params.{path}: {}", e.inner())
+        }
+    })?;
+    let policy = CelPolicy::from_params(typed).map_err(|e| format!("params.{e}"))?;
+    Ok(Arc::new(policy))
+}
+
+impl Attributes {
+    /// The attributes of a decoded review.
+    pub fn of(review: &crate::admission::Review<'_>) -> Self {
+        use kube::core::admission::Operation;
+        Attributes {
+            uid: review.uid.to_string(),
+            kind: GroupVersion {
+                group: review.kind.group.to_string(),
+                version: review.kind.version.to_string(),
+                name: review.kind.kind.to_string(),
+            },
+            resource: GroupVersion {
+                group: review.resource.group.to_string(),
+                version: review.resource.version.to_string(),
+                name: review.resource.resource.to_string(),
+            },
+            sub_resource: review.sub_resource.as_deref().unwrap_or("").to_owned(),
+            name: review.name.to_string(),
+            namespace: review.namespace.as_deref().unwrap_or("").to_owned(),
+            operation: match review.operation {
+                Operation::Create => "CREATE",
+                Operation::Update => "UPDATE",
+                Operation::Delete => "DELETE",
+                Operation::Connect => "CONNECT",
+            }
+            .to_owned(),
+            user_info: UserInfo {
+                username: review.user_info.username.as_deref().unwrap_or("").to_owned(),
+                uid: String::new(),
+                groups: review.user_info.groups.iter().map(|g| g.to_string()).collect(),
+                extra: BTreeMap::new(),
+            },
+            dry_run: review.dry_run,
+            options: None,
+        }
+    }
+}
+
+/// Runs `f` on the review's attributes and activation (objects decoded on first use).
+pub(crate) fn with_activation<T>(
+    review: &crate::admission::Review<'_>,
+    f: impl FnOnce(&Attributes, &Activation<'_>) -> T,
+) -> T {
+    let attrs = Attributes::of(review);
+    let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
+    let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
+    let act = Activation::new(&attrs, object, old_object);
+    f(&attrs, &act)
+}
+
+/// A verdict as a policy outcome: an error under `failurePolicy: Fail` denies, like a
+/// violation.
+pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
+    use crate::policy::Outcome;
+    match verdict {
+        Verdict::Pass => Outcome::Pass,
+        Verdict::Violation { message, .. } | Verdict::Error(message) => Outcome::Violation(message),
+    }
+}
+
+impl crate::policy::Check for CelPolicy {
+    fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
+        let verdict = with_activation(ctx.review, |_, act| CelPolicy::evaluate(self, act).verdict);
+        crate::policy::Eval::Done(outcome(verdict))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

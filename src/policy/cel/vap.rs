@@ -442,6 +442,7 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             bindings.push((m.metadata.name, m.spec));
         }
     }
+    let mut used = vec![false; others.len()];
     let mut out = Vec::new();
     for (name, b) in bindings {
         let what = format!("ValidatingAdmissionPolicyBinding '{name}'");
@@ -467,7 +468,8 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             m.validate("spec.matchResources")
                 .map_err(|e| format!("{what}: {e}"))?;
         }
-        let params = params_for(spec, &b, &others).map_err(|e| format!("{what}: {e}"))?;
+        let params =
+            params_for(spec, &b, &others, &mut used).map_err(|e| format!("{what}: {e}"))?;
         let cel = CelPolicy::compile_spec(
             spec.failure_policy.unwrap_or_default(),
             &spec.match_conditions,
@@ -486,6 +488,17 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             cel,
         });
     }
+    if let Some(i) = used.iter().position(|u| !u) {
+        let doc = others[i];
+        let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("object");
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("");
+        return Err(format!(
+            "{kind} '{name}': not a ValidatingAdmissionPolicy, a binding, or params a binding names (Gatehouse does not apply other Kubernetes objects)"
+        ));
+    }
     Ok(out)
 }
 
@@ -495,6 +508,7 @@ fn params_for(
     spec: &PolicySpec,
     b: &BindingSpec,
     others: &[&serde_json::Value],
+    used: &mut [bool],
 ) -> Result<value::Owned, String> {
     let Some(kind) = &spec.param_kind else {
         if b.param_ref.is_some() {
@@ -524,7 +538,7 @@ fn params_for(
             "spec.paramRef.parameterNotFoundAction: `{action}` is not one of Allow, Deny"
         ));
     }
-    let found = others.iter().find(|doc| {
+    let found = others.iter().position(|doc| {
         let meta: Metadata = doc
             .get("metadata")
             .and_then(|m| serde_json::from_value(m.clone()).ok())
@@ -535,12 +549,82 @@ fn params_for(
             && (r.namespace.is_none() || meta.namespace == r.namespace)
     });
     match found {
-        Some(doc) => Ok(value::from_json_value(doc)),
+        Some(i) => {
+            used[i] = true;
+            Ok(value::from_json_value(others[i]))
+        }
         None => Err(format!(
             "spec.paramRef: no {} '{name}' ({}) in the policy files; Gatehouse cannot read params from the cluster",
             kind.kind, kind.api_version
         )),
     }
+}
+
+impl crate::policy::Check for VapPolicy {
+    fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
+        let verdict = super::with_activation(ctx.review, |attrs, act| {
+            if self.matches(attrs, act) {
+                VapPolicy::evaluate(self, act).verdict
+            } else {
+                Verdict::Pass
+            }
+        });
+        crate::policy::Eval::Done(super::outcome(verdict))
+    }
+}
+
+impl VapPolicy {
+    /// The Gatehouse action of the binding's validationActions: Deny, else Warn, else Audit.
+    pub fn action(&self) -> crate::policy::Action {
+        use crate::policy::Action;
+        if self.actions.contains(&ValidationAction::Deny) {
+            Action::Deny
+        } else if self.actions.contains(&ValidationAction::Warn) {
+            Action::Warn
+        } else {
+            Action::Audit
+        }
+    }
+}
+
+/// The Gatehouse policies of a policy file's Kubernetes objects: one per binding, named
+/// `<policy>/<binding>`, applying to every request its own match rules select (the binding's
+/// validationActions give the action).
+pub(crate) fn policies(
+    docs: Vec<serde_yaml::Value>,
+    source: &str,
+) -> Result<Vec<crate::policy::Policy>, String> {
+    let mut json = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.into_iter().enumerate() {
+        let value = serde_json::to_value(doc)
+            .map_err(|e| format!("Kubernetes object #{}: {e}", i + 1))?;
+        expand(value, &mut json);
+    }
+    let everything: crate::policy::matching::MatchSpec = serde_json::from_value(
+        serde_json::json!({"resources": ["*", "*/*"], "operations": ["*"]}),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for vap in load(&json)? {
+        out.push(crate::policy::Policy {
+            name: vap.name(),
+            action: vap.action(),
+            description: None,
+            matcher: crate::policy::matching::Matcher::compile(everything.clone())?,
+            kind: crate::policy::Kind {
+                name: "ValidatingAdmissionPolicy",
+                check: std::sync::Arc::new(vap),
+            },
+            source: source.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a YAML document is a Kubernetes object (it has `apiVersion` and `kind`) rather than
+/// a Gatehouse policy document.
+pub fn is_kubernetes_object(doc: &serde_yaml::Value) -> bool {
+    doc.get("apiVersion").is_some() && doc.get("kind").is_some()
 }
 
 #[cfg(test)]
