@@ -3,8 +3,12 @@
 //! answering with the failurePolicy.
 
 mod common;
+#[allow(dead_code)]
+mod standin;
 
-use common::TestServer;
+use common::{TestServer, example_review};
+use gatehouse::secret::Secret;
+use standin::twilio::{ACCOUNT_SID, AUTH_TOKEN, FROM, TwilioStandIn};
 use serde_json::{Value, json};
 
 fn review(object: Value) -> Vec<u8> {
@@ -169,5 +173,46 @@ async fn a_manifest_gatehouse_cannot_honour_is_refused_at_load() {
         err.message.contains("ValidatingAdmissionPolicyBinding 'min-replicas-binding': spec.matchResources.namespaceSelector: selects namespaces by their labels, which Gatehouse cannot read without API access"),
         "{}",
         err.message
+    );
+}
+
+/// A deny by a CEL policy sends the SMS a built-in policy's deny sends, with its message.
+#[tokio::test]
+async fn a_cel_deny_sends_an_sms_with_the_reason() {
+    let t = TwilioStandIn::start().await;
+    let policies = r#"
+policies:
+  - name: min-replicas-cel
+    kind: cel
+    match: {resources: [apps/deployments]}
+    params:
+      validations:
+        - expression: object.spec.replicas >= 3
+          messageExpression: "'at least 3 replicas are required, got ' + string(object.spec.replicas)"
+notifications:
+  - name: any-denied
+    events: [denied]
+    match: {resources: ['*', '*/*'], operations: ['*']}
+"#;
+    standin::logs::capture();
+    let s = TestServer::start_with(Some(policies), |c| {
+        let n = &mut c.notify;
+        n.twilio.account_sid = Some(ACCOUNT_SID.into());
+        n.twilio.auth_token = Some(Secret::new(AUTH_TOKEN));
+        n.twilio.from = Some(FROM.into());
+        n.twilio.api_base = t.base_url.clone();
+        n.ca_file = Some(t.ca_file.clone());
+        n.sms_to = vec!["+15551230001".into()];
+        n.concurrency = 1;
+        n.storm.max_messages = 0;
+    })
+    .await;
+    let (_, body) = s.post(example_review("create-2-replicas", |_| {})).await;
+    assert_eq!(body["response"]["allowed"], false);
+    let got = t.wait_created(1).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(
+        got[0].body(),
+        "Gatehouse: DENIED create of Deployment app-ns/alpine-deploy by kubernetes-admin\nreplicas 2; image alpine:3.9.1\nReason: at least 3 replicas are required, got 2"
     );
 }
