@@ -366,9 +366,8 @@ pub fn parse_file_with(
             serde_yaml::Value::Null => {}
             serde_yaml::Value::Sequence(list) => items.extend(list),
             serde_yaml::Value::Mapping(_) => {
-                let doc: Document = serde_path_to_error::deserialize(root).map_err(|e| {
-                    LoadError::new(source, format!("{}: {}", e.path(), e.inner()))
-                })?;
+                let doc: Document = serde_path_to_error::deserialize(root)
+                    .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
                 notifications.extend(doc.notifications);
                 items.extend(doc.policies);
             }

@@ -3,13 +3,12 @@
 //! answering with the failurePolicy.
 
 mod common;
-#[allow(dead_code)]
 mod standin;
 
 use common::{TestServer, example_review};
 use gatehouse::secret::Secret;
-use standin::twilio::{ACCOUNT_SID, AUTH_TOKEN, FROM, TwilioStandIn};
 use serde_json::{Value, json};
+use standin::twilio::{ACCOUNT_SID, AUTH_TOKEN, FROM, TwilioStandIn};
 
 fn review(object: Value) -> Vec<u8> {
     let kind = object["kind"].as_str().unwrap().to_owned();
@@ -47,10 +46,17 @@ async fn judge(server: &TestServer, object: Value) -> (bool, String, Vec<String>
     let response = &body["response"];
     (
         response["allowed"].as_bool().expect("allowed"),
-        response["status"]["message"].as_str().unwrap_or("").to_owned(),
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
         response["warnings"]
             .as_array()
-            .map(|w| w.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|w| {
+                w.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
     )
 }
@@ -79,16 +85,26 @@ async fn cel_example_policies_through_the_webhook() {
     let (allowed, message, _) =
         judge(&server, deployment(3, "shop:latest", "payments", "1Gi")).await;
     assert!(!allowed);
-    assert!(message.contains("images must name a version: shop:latest"), "{message}");
+    assert!(
+        message.contains("images must name a version: shop:latest"),
+        "{message}"
+    );
 
     let (allowed, message, _) = judge(&server, deployment(3, "shop:1.4", "payments", "8Gi")).await;
     assert!(!allowed);
-    assert!(message.contains("no container may use more than 4Gi of memory"), "{message}");
+    assert!(
+        message.contains("no container may use more than 4Gi of memory"),
+        "{message}"
+    );
 
-    let (allowed, _, warnings) = judge(&server, deployment(3, "shop:1.4", "Payments!", "1Gi")).await;
+    let (allowed, _, warnings) =
+        judge(&server, deployment(3, "shop:1.4", "Payments!", "1Gi")).await;
     assert!(allowed);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("the team label must match ^[a-z][a-z0-9-]{1,30}$"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("the team label must match ^[a-z][a-z0-9-]{1,30}$"),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
@@ -109,27 +125,38 @@ async fn vap_manifest_directory_through_the_webhook() {
 
     let (allowed, message, _) = judge(&server, deployment(3, "shop:1.4", "payments", "5Gi")).await;
     assert!(!allowed);
-    assert!(message.contains("no container may use more than 4Gi of memory: 5Gi"), "{message}");
+    assert!(
+        message.contains("no container may use more than 4Gi of memory: 5Gi"),
+        "{message}"
+    );
 
     // validationActions [Warn]: admitted with the message as a warning.
-    let (allowed, _, warnings) = judge(&server, deployment(3, "shop:1.4", "Payments!", "1Gi")).await;
+    let (allowed, _, warnings) =
+        judge(&server, deployment(3, "shop:1.4", "Payments!", "1Gi")).await;
     assert!(allowed);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("the team label must match"), "{warnings:?}");
+    assert!(
+        warnings[0].contains("the team label must match"),
+        "{warnings:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_policy_file_with_gatehouse_policies_and_manifests_loads_both() {
     let text = format!(
         "policies:\n  - name: min-replicas\n    kind: replicas\n    match: {{resources: [apps/deployments]}}\n    params: {{min: 2}}\n---\n{}",
-        std::fs::read_to_string(common::repo().join("policies/examples/vap/replicas.yaml")).unwrap()
+        std::fs::read_to_string(common::repo().join("policies/examples/vap/replicas.yaml"))
+            .unwrap()
     );
     let server = TestServer::start_with(Some(&text), |_| {}).await;
     let (allowed, message, _) = judge(&server, deployment(1, "shop:1.4", "payments", "1Gi")).await;
     assert!(!allowed);
     // Both policies deny: the built-in one and the VAP.
     assert!(message.contains("min-replicas"), "{message}");
-    assert!(message.contains("with binding 'min-replicas-binding'"), "{message}");
+    assert!(
+        message.contains("with binding 'min-replicas-binding'"),
+        "{message}"
+    );
 }
 
 /// A pathological expression over a large object is cut off by the budget; the review gets

@@ -43,7 +43,9 @@ fn malicious_expressions_over_a_7_mib_object_stay_within_budget_and_memory() {
     // Decode the object first (what any CEL policy matching this review costs).
     let before_decode = peak_rss();
     assert_eq!(
-        policy("object.items.size() > 0", "Fail").evaluate(&act).verdict,
+        policy("object.items.size() > 0", "Fail")
+            .evaluate(&act)
+            .verdict,
         Verdict::Pass
     );
     let decoded = peak_rss();

@@ -106,7 +106,12 @@ pub struct CelParams {
     pub params: Option<serde_json::Value>,
 }
 
-const REASONS: &[&str] = &["Unauthorized", "Forbidden", "Invalid", "RequestEntityTooLarge"];
+const REASONS: &[&str] = &[
+    "Unauthorized",
+    "Forbidden",
+    "Invalid",
+    "RequestEntityTooLarge",
+];
 
 /// A compiled expression with its source.
 #[derive(Debug)]
@@ -231,7 +236,11 @@ pub struct Activation<'a> {
 
 impl<'a> Activation<'a> {
     /// A review's attributes and raw `object` / `oldObject` JSON (absent or `null` → null).
-    pub fn new(attrs: &'a Attributes, object: Option<&'a [u8]>, old_object: Option<&'a [u8]>) -> Self {
+    pub fn new(
+        attrs: &'a Attributes,
+        object: Option<&'a [u8]>,
+        old_object: Option<&'a [u8]>,
+    ) -> Self {
         Activation {
             attrs,
             object,
@@ -245,7 +254,9 @@ impl<'a> Activation<'a> {
     fn decode(raw: Option<&[u8]>) -> Result<Owned, String> {
         match raw {
             None => Ok(Box::new(CelNull)),
-            Some(bytes) => value::from_json(bytes).map_err(|e| format!("the object is not valid JSON: {e}")),
+            Some(bytes) => {
+                value::from_json(bytes).map_err(|e| format!("the object is not valid JSON: {e}"))
+            }
         }
     }
 
@@ -257,7 +268,10 @@ impl<'a> Activation<'a> {
     }
 
     fn old_object(&self) -> Result<&dyn Val, String> {
-        match self.old_object_val.get_or_init(|| Self::decode(self.old_object)) {
+        match self
+            .old_object_val
+            .get_or_init(|| Self::decode(self.old_object))
+        {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
         }
@@ -289,7 +303,9 @@ impl<'a> Activation<'a> {
     }
 
     fn request(&self) -> &dyn Val {
-        self.request_val.get_or_init(|| request_value(self.attrs)).as_ref()
+        self.request_val
+            .get_or_init(|| request_value(self.attrs))
+            .as_ref()
     }
 }
 
@@ -311,7 +327,11 @@ fn strings(items: &[String]) -> Owned {
 }
 
 fn gvk(g: &GroupVersion, last: &str) -> Owned {
-    map(vec![("group", s(&g.group)), ("version", s(&g.version)), (last, s(&g.name))])
+    map(vec![
+        ("group", s(&g.group)),
+        ("version", s(&g.version)),
+        (last, s(&g.name)),
+    ])
 }
 
 fn request_value(a: &Attributes) -> Owned {
@@ -360,8 +380,21 @@ fn request_value(a: &Attributes) -> Owned {
 const ROOTS: &[&str] = &["object", "oldObject", "request", "params", "variables"];
 /// Type names and function namespaces that parse as identifiers.
 const BUILTIN_IDENTS: &[&str] = &[
-    "int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type", "dyn",
-    "optional", "strings", "math", "base64",
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+    "optional",
+    "strings",
+    "math",
+    "base64",
 ];
 
 /// Deepest expression tree accepted: evaluation recurses once per level, and this keeps it
@@ -387,7 +420,9 @@ fn compile(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled,
         std::thread::Builder::new()
             .name("cel-compile".into())
             .stack_size(PARSER_STACK)
-            .spawn_scoped(scope, move || compile_here(&owned_field, &owned_source, &vars))
+            .spawn_scoped(scope, move || {
+                compile_here(&owned_field, &owned_source, &vars)
+            })
             .map_err(|e| format!("{field}: cannot start the compiler: {e}"))?
             .join()
             .unwrap_or_else(|_| Err(format!("{field}: the compiler failed on `{source}`")))
@@ -446,10 +481,16 @@ fn nodes(e: &IdedExpr) -> usize {
                 EntryExpr::StructField(f) => nodes(&f.value),
             })
             .sum(),
-        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
-            .into_iter()
-            .map(nodes)
-            .sum(),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .map(nodes)
+        .sum(),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
     }
 }
@@ -479,11 +520,17 @@ fn step_cost(e: &IdedExpr) -> usize {
             })
             .max()
             .unwrap_or(1),
-        Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
-            .into_iter()
-            .map(step_cost)
-            .max()
-            .unwrap_or(1),
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .map(step_cost)
+        .max()
+        .unwrap_or(1),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 1,
     };
     here.max(below)
@@ -495,7 +542,9 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
         match first {
             Some(p) => format!(
                 "{field}: syntax error at line {}, column {}: {} (in `{source}`)",
-                p.pos.0, p.pos.1 + 1, p.msg
+                p.pos.0,
+                p.pos.1 + 1,
+                p.msg
             ),
             None => format!("{field}: syntax error (in `{source}`)"),
         }
@@ -572,9 +621,14 @@ fn check_names(
             if let Some(t) = &call.target {
                 check_names(t, bound, vars, uses)?;
             }
-            call.args.iter().try_for_each(|a| check_names(a, bound, vars, uses))
+            call.args
+                .iter()
+                .try_for_each(|a| check_names(a, bound, vars, uses))
         }
-        Expr::List(list) => list.elements.iter().try_for_each(|a| check_names(a, bound, vars, uses)),
+        Expr::List(list) => list
+            .elements
+            .iter()
+            .try_for_each(|a| check_names(a, bound, vars, uses)),
         Expr::Map(m) => m.entries.iter().try_for_each(|entry| match &entry.expr {
             EntryExpr::MapEntry(me) => {
                 check_names(&me.key, bound, vars, uses)?;
@@ -631,25 +685,47 @@ impl CelPolicy {
         params: Owned,
     ) -> Result<Self, String> {
         if validations.is_empty() && audit_annotations.is_empty() {
-            return Err("validations: at least one validation (or audit annotation) is required".into());
+            return Err(
+                "validations: at least one validation (or audit annotation) is required".into(),
+            );
         }
         let mut declared: Vec<String> = Vec::new();
         let mut vars = Vec::new();
         for (i, v) in variables.iter().enumerate() {
             if v.name.is_empty() || declared.contains(&v.name) {
-                return Err(format!("variables[{i}].name: `{}` is empty or declared twice", v.name));
+                return Err(format!(
+                    "variables[{i}].name: `{}` is empty or declared twice",
+                    v.name
+                ));
             }
-            vars.push((v.name.clone(), compile(&format!("variables[{i}].expression"), &v.expression, &declared)?));
+            vars.push((
+                v.name.clone(),
+                compile(
+                    &format!("variables[{i}].expression"),
+                    &v.expression,
+                    &declared,
+                )?,
+            ));
             declared.push(v.name.clone());
         }
         let mut names = HashSet::new();
         let mut conditions = Vec::new();
         for (i, c) in match_conditions.iter().enumerate() {
             if !names.insert(c.name.clone()) {
-                return Err(format!("matchConditions[{i}].name: `{}` is declared twice", c.name));
+                return Err(format!(
+                    "matchConditions[{i}].name: `{}` is declared twice",
+                    c.name
+                ));
             }
             // Match conditions run before variables exist, as in Kubernetes.
-            conditions.push((c.name.clone(), compile(&format!("matchConditions[{i}].expression"), &c.expression, &[])?));
+            conditions.push((
+                c.name.clone(),
+                compile(
+                    &format!("matchConditions[{i}].expression"),
+                    &c.expression,
+                    &[],
+                )?,
+            ));
         }
         let mut compiled = Vec::new();
         for (i, v) in validations.iter().enumerate() {
@@ -663,10 +739,16 @@ impl CelPolicy {
             if let Some(m) = &v.message
                 && m.contains('\n')
             {
-                return Err(format!("validations[{i}].message: must not contain line breaks"));
+                return Err(format!(
+                    "validations[{i}].message: must not contain line breaks"
+                ));
             }
             compiled.push(CompiledValidation {
-                expression: compile(&format!("validations[{i}].expression"), &v.expression, &declared)?,
+                expression: compile(
+                    &format!("validations[{i}].expression"),
+                    &v.expression,
+                    &declared,
+                )?,
                 message: v.message.clone().filter(|m| !m.trim().is_empty()),
                 message_expression: v
                     .message_expression
@@ -680,7 +762,11 @@ impl CelPolicy {
         for (i, a) in audit_annotations.iter().enumerate() {
             audits.push((
                 a.key.clone(),
-                compile(&format!("auditAnnotations[{i}].valueExpression"), &a.value_expression, &declared)?,
+                compile(
+                    &format!("auditAnnotations[{i}].valueExpression"),
+                    &a.value_expression,
+                    &declared,
+                )?,
             ));
         }
         Ok(CelPolicy {
@@ -709,7 +795,9 @@ impl CelPolicy {
             vars: Variables {
                 inner,
                 act,
-                cache: (0..inner.variables.len()).map(|_| OnceLock::new()).collect(),
+                cache: (0..inner.variables.len())
+                    .map(|_| OnceLock::new())
+                    .collect(),
             },
             remaining: std::cell::Cell::new(PER_POLICY_COST),
             deadline: Instant::now() + TIME_LIMIT,
@@ -732,7 +820,12 @@ impl CelPolicy {
                         audit_annotations: Vec::new(),
                     };
                 }
-                Err(e) => return fail(format!("matchCondition '{name}': expression '{}' resulted in error: {e}", cond.source)),
+                Err(e) => {
+                    return fail(format!(
+                        "matchCondition '{name}': expression '{}' resulted in error: {e}",
+                        cond.source
+                    ));
+                }
             }
         }
         let mut verdict = Verdict::Pass;
@@ -758,7 +851,10 @@ impl CelPolicy {
                     break;
                 }
                 Err(e) => {
-                    return fail(format!("expression '{}' resulted in error: {e}", v.expression.source));
+                    return fail(format!(
+                        "expression '{}' resulted in error: {e}",
+                        v.expression.source
+                    ));
                 }
             }
         }
@@ -774,7 +870,10 @@ impl CelPolicy {
                     ));
                 }
                 Err(e) => {
-                    return fail(format!("auditAnnotations '{key}': expression '{}' resulted in error: {e}", expr.source));
+                    return fail(format!(
+                        "auditAnnotations '{key}': expression '{}' resulted in error: {e}",
+                        expr.source
+                    ));
                 }
             }
         }
@@ -788,7 +887,10 @@ impl CelPolicy {
 fn as_bool(v: &Value) -> Result<bool, String> {
     match v {
         Value::Bool(b) => Ok(*b),
-        other => Err(format!("the expression must evaluate to a bool, not {}", other.type_of())),
+        other => Err(format!(
+            "the expression must evaluate to a bool, not {}",
+            other.type_of()
+        )),
     }
 }
 
@@ -879,7 +981,10 @@ struct Scope<'s, 'r, 'a> {
 
 impl Scope<'_, '_, '_> {
     fn act_error(&self) -> Option<String> {
-        self.act.object().err().or_else(|| self.act.old_object().err())
+        self.act
+            .object()
+            .err()
+            .or_else(|| self.act.old_object().err())
     }
 }
 
@@ -996,7 +1101,10 @@ impl Indexer for Variables<'_, '_> {
             .ok_or_else(|| ExecutionError::no_such_key(&name))?;
         match self.ensure(i) {
             Ok(v) => Ok(CowVal::Borrowed(v.as_ref())),
-            Err(e) => Err(ExecutionError::function_error(&format!("variables.{name}"), e)),
+            Err(e) => Err(ExecutionError::function_error(
+                &format!("variables.{name}"),
+                e,
+            )),
         }
     }
 
@@ -1007,7 +1115,6 @@ impl Indexer for Variables<'_, '_> {
         self.get(idx).map(|v| v.into_owned())
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // The `cel` kind in Gatehouse's policy engine
@@ -1062,9 +1169,19 @@ impl Attributes {
             }
             .to_owned(),
             user_info: UserInfo {
-                username: review.user_info.username.as_deref().unwrap_or("").to_owned(),
+                username: review
+                    .user_info
+                    .username
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_owned(),
                 uid: String::new(),
-                groups: review.user_info.groups.iter().map(|g| g.to_string()).collect(),
+                groups: review
+                    .user_info
+                    .groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect(),
                 extra: BTreeMap::new(),
             },
             dry_run: review.dry_run,
@@ -1184,8 +1301,12 @@ mod tests {
     #[case("object.metadata.labels['app'] == 'web' && 'team' in object.metadata.labels")]
     #[case("object.?spec.?paused.orValue(false) == false")]
     #[case("object.spec.?replicas.orValue(1) == 3")]
-    #[case("object.spec.template.spec.containers[0].resources.?limits.?memory.orValue('0') == '512Mi'")]
-    #[case("object.spec.template.spec.containers[1].?resources.?limits.?memory.orValue('none') == 'none'")]
+    #[case(
+        "object.spec.template.spec.containers[0].resources.?limits.?memory.orValue('0') == '512Mi'"
+    )]
+    #[case(
+        "object.spec.template.spec.containers[1].?resources.?limits.?memory.orValue('none') == 'none'"
+    )]
     #[case("optional.of(1).hasValue() && !optional.none().hasValue()")]
     #[case("{'a': 1}[?'a'].orValue(0) == 1 && {'a': 1}[?'b'].orValue(0) == 0")]
     #[case("optional.of(2).value() == 2 && !optional.ofNonZeroValue(0).hasValue()")]
@@ -1204,14 +1325,20 @@ mod tests {
     #[case("'  x '.trim() == 'x' && 'hello'.substring(1, 3) == 'el'")]
     #[case("'hello'.replace('l', 'L') == 'heLLo' && 'hello'.charAt(1) == 'e'")]
     #[case("'hello'.replace('l', 'L', 1) == 'heLlo' && 'ab'.replace('', '-') == '-a-b-'")]
-    #[case("'a,b,c'.split(',', 2) == ['a', 'b,c'] && 'abc'.split('') == ['a', 'b', 'c'] && 'abc'.split('', 2) == ['a', 'bc'] && 'a'.split(',', 0) == []")]
+    #[case(
+        "'a,b,c'.split(',', 2) == ['a', 'b,c'] && 'abc'.split('') == ['a', 'b', 'c'] && 'abc'.split('', 2) == ['a', 'bc'] && 'a'.split(',', 0) == []"
+    )]
     #[case("['a', 'b'].join() == 'ab'")]
-    #[case("'%s has %d replicas'.format([object.metadata.name, object.spec.replicas]) == 'web has 3 replicas'")]
+    #[case(
+        "'%s has %d replicas'.format([object.metadata.name, object.spec.replicas]) == 'web has 3 replicas'"
+    )]
     // lists library
     #[case("[1, 2, 3].isSorted() && !['b', 'a'].isSorted()")]
     #[case("[1, 2, 3].sum() == 6 && [1.5, 2.0].sum() == 3.5 && [].sum() == 0")]
     #[case("[3, 1, 2].min() == 1 && [3, 1, 2].max() == 3")]
-    #[case("[1, 2, 2, 3].indexOf(2) == 1 && [1, 2, 2, 3].lastIndexOf(2) == 2 && [1].indexOf(5) == -1")]
+    #[case(
+        "[1, 2, 2, 3].indexOf(2) == 1 && [1, 2, 2, 3].lastIndexOf(2) == 2 && [1].indexOf(5) == -1"
+    )]
     // regex library
     #[case("'abc 123 def 456'.find('[0-9]+') == '123' && 'abc'.find('[0-9]+') == ''")]
     #[case("'123 abc 456'.findAll('[0-9]+') == ['123', '456']")]
@@ -1225,13 +1352,21 @@ mod tests {
     #[case("quantity('1.5').isInteger() == false && quantity('2').asInteger() == 2")]
     #[case("quantity('500m').asApproximateFloat() == 0.5 && quantity('-1').sign() == -1")]
     #[case("isQuantity('2Gi') && !isQuantity('2GB')")]
-    #[case("quantity(object.spec.template.spec.containers[0].resources.limits.memory).isLessThan(quantity('1Gi'))")]
+    #[case(
+        "quantity(object.spec.template.spec.containers[0].resources.limits.memory).isLessThan(quantity('1Gi'))"
+    )]
     // url library
     #[case("url('https://example.com:80/').getHost() == 'example.com:80'")]
-    #[case("url('https://example.com/').getHostname() == 'example.com' && url('https://example.com/').getPort() == ''")]
-    #[case("url('https://[::1]:80/').getHostname() == '::1' && url('https://[::1]:80/').getPort() == '80'")]
+    #[case(
+        "url('https://example.com/').getHostname() == 'example.com' && url('https://example.com/').getPort() == ''"
+    )]
+    #[case(
+        "url('https://[::1]:80/').getHostname() == '::1' && url('https://[::1]:80/').getPort() == '80'"
+    )]
     #[case("url('https://example.com/path').getScheme() == 'https'")]
-    #[case("url('https://example.com/path%20with%20spaces/').getEscapedPath() == '/path%20with%20spaces/'")]
+    #[case(
+        "url('https://example.com/path%20with%20spaces/').getEscapedPath() == '/path%20with%20spaces/'"
+    )]
     #[case("url('https://example.com/?k=a&k=b&x=1').getQuery() == {'k': ['a', 'b'], 'x': ['1']}")]
     #[case("isURL('https://example.com/') && isURL('/absolute-path') && !isURL('example.com')")]
     fn library_matches_the_api_server(#[case] expr: &str) {
@@ -1254,7 +1389,10 @@ mod tests {
         match check(expr) {
             Verdict::Error(message) => {
                 assert!(message.contains(expected), "{expr}: {message}");
-                assert!(message.starts_with(&format!("expression '{expr}' resulted in error: ")), "{message}");
+                assert!(
+                    message.starts_with(&format!("expression '{expr}' resulted in error: ")),
+                    "{message}"
+                );
             }
             other => panic!("{expr}: {other:?}"),
         }
@@ -1303,10 +1441,16 @@ mod tests {
     fn deep_nesting_is_refused_at_load() {
         let expr = format!("{}1{} == 1", "(".repeat(300), ")".repeat(300));
         let err = policy(&format!("validations:\n- expression: '{expr}'\n")).unwrap_err();
-        assert!(err.starts_with("validations[0].expression: syntax error"), "{err}");
+        assert!(
+            err.starts_with("validations[0].expression: syntax error"),
+            "{err}"
+        );
         let expr = format!("{} == 60", vec!["1"; 60].join(" + "));
         let err = policy(&format!("validations:\n- expression: '{expr}'\n")).unwrap_err();
-        assert!(err.contains("nests 61 levels deep, more than the 48 allowed"), "{err}");
+        assert!(
+            err.contains("nests 61 levels deep, more than the 48 allowed"),
+            "{err}"
+        );
     }
 
     /// The deepest expressions accepted evaluate on a test thread's 2 MiB stack (debug build).
@@ -1314,10 +1458,27 @@ mod tests {
     fn the_deepest_accepted_expressions_evaluate() {
         let sum = format!("{} == 46", vec!["1"; 46].join(" + "));
         assert_eq!(check(&sum), Verdict::Pass);
-        let nested = (0..10).fold("true".to_string(), |inner, i| format!("[{i}].all(x{i}, {inner})"));
+        let nested = (0..10).fold("true".to_string(), |inner, i| {
+            format!("[{i}].all(x{i}, {inner})")
+        });
         assert_eq!(check(&nested), Verdict::Pass);
-        let chain: Vec<String> = (0..20).map(|i| format!("  - name: v{i}\n    expression: {}\n", if i == 0 { "object.spec.replicas".to_string() } else { format!("variables.v{} + 1", i - 1) })).collect();
-        let p = policy(&format!("variables:\n{}validations:\n- expression: variables.v19 == 22\n", chain.join(""))).unwrap();
+        let chain: Vec<String> = (0..20)
+            .map(|i| {
+                format!(
+                    "  - name: v{i}\n    expression: {}\n",
+                    if i == 0 {
+                        "object.spec.replicas".to_string()
+                    } else {
+                        format!("variables.v{} + 1", i - 1)
+                    }
+                )
+            })
+            .collect();
+        let p = policy(&format!(
+            "variables:\n{}validations:\n- expression: variables.v19 == 22\n",
+            chain.join("")
+        ))
+        .unwrap();
         assert_eq!(verdict(&p, &deployment(3, "x")), Verdict::Pass);
     }
 
@@ -1399,16 +1560,26 @@ validations:
 "#,
         )
         .unwrap();
-        assert!(matches!(verdict(&p, &deployment(1, "x")), Verdict::Violation { .. }));
-        let other = deployment(1, "x").replace("\"name\":\"web\",\"namespace\"", "\"name\":\"api\",\"namespace\"");
+        assert!(matches!(
+            verdict(&p, &deployment(1, "x")),
+            Verdict::Violation { .. }
+        ));
+        let other = deployment(1, "x").replace(
+            "\"name\":\"web\",\"namespace\"",
+            "\"name\":\"api\",\"namespace\"",
+        );
         assert_eq!(verdict(&p, &other), Verdict::Pass);
         let p = policy("matchConditions:\n- name: broken\n  expression: object.nope\nvalidations:\n- expression: 'true'\n").unwrap();
-        assert!(matches!(verdict(&p, &deployment(1, "x")), Verdict::Error(m) if m.starts_with("matchCondition 'broken'")));
+        assert!(
+            matches!(verdict(&p, &deployment(1, "x")), Verdict::Error(m) if m.starts_with("matchCondition 'broken'"))
+        );
     }
 
     #[test]
     fn delete_sees_old_object_and_null_object() {
-        let p = policy("validations:\n- expression: object == null && oldObject.spec.replicas == 3\n").unwrap();
+        let p =
+            policy("validations:\n- expression: object == null && oldObject.spec.replicas == 3\n")
+                .unwrap();
         let attrs = deployment_attrs("DELETE");
         let old = deployment(3, "nginx");
         let act = Activation::new(&attrs, None, Some(old.as_bytes()));
@@ -1433,7 +1604,10 @@ auditAnnotations:
         assert_eq!(e.verdict, Verdict::Pass);
         assert_eq!(
             e.audit_annotations,
-            vec![("high-replica-count".to_string(), "Deployment spec.replicas set to 5".to_string())]
+            vec![(
+                "high-replica-count".to_string(),
+                "Deployment spec.replicas set to 5".to_string()
+            )]
         );
     }
 
@@ -1476,16 +1650,27 @@ auditAnnotations:
     fn variable_chains_that_double_a_string_run_out_of_budget() {
         let mut vars = String::from("variables:\n- name: v0\n  expression: object.s\n");
         for i in 1..40 {
-            vars += &format!("- name: v{i}\n  expression: variables.v{} + variables.v{}\n", i - 1, i - 1);
+            vars += &format!(
+                "- name: v{i}\n  expression: variables.v{} + variables.v{}\n",
+                i - 1,
+                i - 1
+            );
         }
-        let p = policy(&format!("{vars}validations:\n- expression: size(variables.v39) > 0\n")).unwrap();
+        let p = policy(&format!(
+            "{vars}validations:\n- expression: size(variables.v39) > 0\n"
+        ))
+        .unwrap();
         let object = serde_json::json!({"s": "x".repeat(1000)}).to_string();
-        assert!(matches!(verdict(&p, &object), Verdict::Error(m) if m.contains("cost limit exceeded")));
+        assert!(
+            matches!(verdict(&p, &object), Verdict::Error(m) if m.contains("cost limit exceeded"))
+        );
     }
 
     #[test]
     fn an_unparsable_object_is_an_error_not_a_pass() {
         let p = policy("validations:\n- expression: 'true'\n").unwrap();
-        assert!(matches!(verdict(&p, "{not json"), Verdict::Error(m) if m.contains("not valid JSON")));
+        assert!(
+            matches!(verdict(&p, "{not json"), Verdict::Error(m) if m.contains("not valid JSON"))
+        );
     }
 }

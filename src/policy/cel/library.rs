@@ -25,26 +25,26 @@ type R<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 pub(crate) static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     // Declaring only fails on a programming error (a duplicate overload), which the tests
     // catch with `try_build`; the environment is still usable without the failed part.
-    Arc::new(try_build().unwrap_or_else(|(env, _)| env))
+    Arc::new(try_build().unwrap_or_else(|failed| failed.0))
 });
 
 /// The environment, or the environment and the first declaration that failed.
-fn try_build() -> Result<Env, (Env, ::cel::DeclarationError)> {
+fn try_build() -> Result<Env, Box<(Env, ::cel::DeclarationError)>> {
     let mut env = Env::stdlib();
     // Charged versions of the string functions whose result can be much larger than their
     // input, declared first (with a `dyn` argument or receiver) so they are the overloads calls
     // find.
     if let Err(e) = register_charged_strings(&mut env) {
-        return Err((env, e));
+        return Err(Box::new((env, e)));
     }
     // The strings extension (charAt, indexOf, lastIndexOf, join, lowerAscii, upperAscii, trim,
     // replace, split, substring, format, strings.quote, reverse) is cel-go's, as the API
     // server's.
     if let Err(e) = env.add_extension(::cel::extensions::strings) {
-        return Err((env, e));
+        return Err(Box::new((env, e)));
     }
     if let Err(e) = register(&mut env) {
-        return Err((env, e));
+        return Err(Box::new((env, e)));
     }
     Ok(env)
 }
@@ -52,7 +52,7 @@ fn try_build() -> Result<Env, (Env, ::cel::DeclarationError)> {
 #[cfg(test)]
 #[test]
 fn every_declaration_succeeds() {
-    assert!(try_build().is_ok(), "{:?}", try_build().err().map(|(_, e)| e));
+    assert!(try_build().is_ok(), "{:?}", try_build().err().map(|f| f.1));
 }
 
 fn register_charged_strings(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
@@ -88,7 +88,13 @@ fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
     env.add_member_overload("sum", "list_sum", LIST_TYPE, vec![], sum)?;
     env.add_member_overload("min", "list_min", LIST_TYPE, vec![], min)?;
     env.add_member_overload("max", "list_max", LIST_TYPE, vec![], max)?;
-    env.add_member_overload("indexOf", "list_index_of", LIST_TYPE, vec![DYN_TYPE], index_of)?;
+    env.add_member_overload(
+        "indexOf",
+        "list_index_of",
+        LIST_TYPE,
+        vec![DYN_TYPE],
+        index_of,
+    )?;
     env.add_member_overload(
         "lastIndexOf",
         "list_last_index_of",
@@ -114,7 +120,10 @@ fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
     env.add_overload("quantity", "quantity", vec![STRING_TYPE], quantity)?;
     env.add_overload("isQuantity", "is_quantity", vec![STRING_TYPE], is_quantity)?;
     for (name, f) in [
-        ("isInteger", q_is_integer as ::cel::common::functions::Function),
+        (
+            "isInteger",
+            q_is_integer as ::cel::common::functions::Function,
+        ),
         ("asInteger", q_as_integer),
         ("asApproximateFloat", q_as_float),
         ("sign", q_sign),
@@ -122,7 +131,10 @@ fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
         env.add_member_overload(name, name, QUANTITY_TYPE, vec![], f)?;
     }
     for (name, f) in [
-        ("isGreaterThan", q_greater as ::cel::common::functions::Function),
+        (
+            "isGreaterThan",
+            q_greater as ::cel::common::functions::Function,
+        ),
         ("isLessThan", q_less),
         ("compareTo", q_compare),
         ("add", q_add),
@@ -135,7 +147,10 @@ fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
     env.add_overload("url", "url", vec![STRING_TYPE], url)?;
     env.add_overload("isURL", "is_url", vec![STRING_TYPE], is_url)?;
     for (name, f) in [
-        ("getScheme", url_scheme as ::cel::common::functions::Function),
+        (
+            "getScheme",
+            url_scheme as ::cel::common::functions::Function,
+        ),
         ("getHost", url_host),
         ("getHostname", url_hostname),
         ("getPort", url_port),
@@ -155,7 +170,11 @@ fn owned<'b, 'v>(v: impl Val + 'static) -> R<'b, 'v> {
     Ok(CowVal::owned(v))
 }
 
-fn string_arg<'a>(args: &'a [CowVal<'_, '_>], i: usize, f: &str) -> Result<&'a str, ExecutionError> {
+fn string_arg<'a>(
+    args: &'a [CowVal<'_, '_>],
+    i: usize,
+    f: &str,
+) -> Result<&'a str, ExecutionError> {
     args.get(i)
         .and_then(|a| a.downcast_ref::<CelString>())
         .map(|s| s.inner())
@@ -200,7 +219,11 @@ fn compare(a: &dyn Val, b: &dyn Val, f: &str) -> Result<Ordering, ExecutionError
 fn split<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let s = string_arg(&args, 0, "split")?;
     let sep = string_arg(&args, 1, "split")?;
-    let n = if args.len() > 2 { int_arg(&args, 2, "split")? } else { -1 };
+    let n = if args.len() > 2 {
+        int_arg(&args, 2, "split")?
+    } else {
+        -1
+    };
     let parts = if sep.is_empty() {
         s.chars().count()
     } else {
@@ -268,7 +291,11 @@ fn replace<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let s = string_arg(&args, 0, "replace")?;
     let old = string_arg(&args, 1, "replace")?;
     let new = string_arg(&args, 2, "replace")?;
-    let n = if args.len() > 3 { int_arg(&args, 3, "replace")? } else { -1 };
+    let n = if args.len() > 3 {
+        int_arg(&args, 3, "replace")?
+    } else {
+        -1
+    };
     let found = if old.is_empty() {
         s.chars().count() + 1
     } else {
@@ -342,7 +369,9 @@ fn max<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
 
 fn index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let items = elements(&args, "indexOf")?;
-    let needle = args.get(1).ok_or_else(|| err("indexOf", "expects a value"))?;
+    let needle = args
+        .get(1)
+        .ok_or_else(|| err("indexOf", "expects a value"))?;
     let i = items.iter().position(|v| v.equals(needle.as_ref()));
     owned(CelInt::from(i.map_or(-1, |i| i as i64)))
 }
@@ -366,7 +395,10 @@ fn find<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let s = string_arg(&args, 0, "find")?;
     let re = regex(string_arg(&args, 1, "find")?, "find")?;
     charge_or_fail("find", s.len() as u64 / 8 + 1)?;
-    let found = re.find(s).map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let found = re
+        .find(s)
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
     owned(CelString::from(found))
 }
 
@@ -379,7 +411,11 @@ fn find_all<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
         -1
     };
     charge_or_fail("findAll", s.len() as u64 / 8 + 1)?;
-    let take = if limit < 0 { usize::MAX } else { limit as usize };
+    let take = if limit < 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
     let found: Vec<Owned> = re
         .find_iter(s)
         .take(take)
@@ -407,7 +443,9 @@ impl Val for QuantityVal {
     }
 
     fn equals(&self, other: &dyn Val) -> bool {
-        other.downcast_ref::<QuantityVal>().is_some_and(|o| o.0 == self.0)
+        other
+            .downcast_ref::<QuantityVal>()
+            .is_some_and(|o| o.0 == self.0)
     }
 
     fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
@@ -453,7 +491,8 @@ fn q_as_integer<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     if n % NANOS != 0 {
         return Err(err("asInteger", "cannot convert value to integer"));
     }
-    let i = i64::try_from(n / NANOS).map_err(|_| err("asInteger", "cannot convert value to integer"))?;
+    let i = i64::try_from(n / NANOS)
+        .map_err(|_| err("asInteger", "cannot convert value to integer"))?;
     owned(CelInt::from(i))
 }
 
@@ -559,8 +598,7 @@ impl StaticVal for UrlVal {}
 /// Parses an absolute URL (`https://host:port/path?query`) or an absolute path (`/path`), as
 /// `url.ParseRequestURI`; the fragment is not allowed.
 fn parse_url(text: &str) -> Option<UrlVal> {
-    if text.is_empty() || text.contains('#') || text.chars().any(|c| c.is_control() || c == ' ')
-    {
+    if text.is_empty() || text.contains('#') || text.chars().any(|c| c.is_control() || c == ' ') {
         return None;
     }
     let (scheme, rest) = if text.starts_with('/') {
@@ -651,7 +689,9 @@ fn url_port<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
 }
 
 fn url_path<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
-    owned(CelString::from(url_arg(&args, "getEscapedPath")?.path.clone()))
+    owned(CelString::from(
+        url_arg(&args, "getEscapedPath")?.path.clone(),
+    ))
 }
 
 fn url_query<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {

@@ -299,7 +299,10 @@ macro_rules! shared_container {
                 Indexer::get(&*self.0, idx)
             }
 
-            fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+            fn steal<'w>(
+                self: Box<Self>,
+                idx: &dyn Val,
+            ) -> Result<Box<dyn Val + 'w>, ExecutionError>
             where
                 Self: 'w,
             {
@@ -325,8 +328,7 @@ shared_container!(SharedMap, MAP_TYPE, Map);
 
 /// `value` with its lists and maps made shared and counted (results of `variables`).
 pub(crate) fn share(value: Owned) -> Owned {
-    if value.downcast_ref::<SharedList>().is_some() || value.downcast_ref::<SharedMap>().is_some()
-    {
+    if value.downcast_ref::<SharedList>().is_some() || value.downcast_ref::<SharedMap>().is_some() {
         return value;
     }
     if !matches!(value.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {

@@ -27,8 +27,8 @@ const API_VERSIONS: &[&str] = &[
 pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, String> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(doc)
-            .map_err(|e| format!("document {}: {e}", i + 1))?;
+        let value =
+            serde_json::Value::deserialize(doc).map_err(|e| format!("document {}: {e}", i + 1))?;
         expand(value, &mut out);
     }
     Ok(out)
@@ -246,11 +246,16 @@ impl Rule {
             ("operations", &self.operations),
         ] {
             if list.is_empty() {
-                return Err(format!("{field}.{name}: must list at least one value (or `*`)"));
+                return Err(format!(
+                    "{field}.{name}: must list at least one value (or `*`)"
+                ));
             }
         }
         for op in &self.operations {
-            if !matches!(op.as_str(), "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT") {
+            if !matches!(
+                op.as_str(),
+                "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT"
+            ) {
                 return Err(format!(
                     "{field}.operations: `{op}` is not one of CREATE, UPDATE, DELETE, CONNECT, *"
                 ));
@@ -288,12 +293,12 @@ fn resource_matches(pattern: &str, a: &Attributes) -> bool {
 
 impl MatchResources {
     fn validate(&self, field: &str) -> Result<(), String> {
-        if let Some(ns) = &self.namespace_selector {
-            if !ns.is_empty() {
-                return Err(format!(
-                    "{field}.namespaceSelector: selects namespaces by their labels, which Gatehouse cannot read without API access; match namespaces with a matchCondition on `request.namespace` instead"
-                ));
-            }
+        if let Some(ns) = &self.namespace_selector
+            && !ns.is_empty()
+        {
+            return Err(format!(
+                "{field}.namespaceSelector: selects namespaces by their labels, which Gatehouse cannot read without API access; match namespaces with a matchCondition on `request.namespace` instead"
+            ));
         }
         if let Some(obj) = &self.object_selector {
             obj.validate(&format!("{field}.objectSelector"))?;
@@ -317,10 +322,10 @@ impl MatchResources {
     /// Whether the request is in scope; `needs_rules` for the policy's own constraints (a
     /// binding without resourceRules inherits the policy's).
     fn matches(&self, a: &Attributes, act: &Activation<'_>, needs_rules: bool) -> bool {
-        if needs_rules || !self.resource_rules.is_empty() {
-            if !self.resource_rules.iter().any(|r| r.matches(a)) {
-                return false;
-            }
+        if (needs_rules || !self.resource_rules.is_empty())
+            && !self.resource_rules.iter().any(|r| r.matches(a))
+        {
+            return false;
         }
         if self.exclude_resource_rules.iter().any(|r| r.matches(a)) {
             return false;
@@ -527,10 +532,9 @@ fn params_for(
     if r.selector.is_some() {
         return Err("spec.paramRef.selector: selecting params among cluster objects needs API access; name one object in the policy files with paramRef.name".into());
     }
-    let name = r
-        .name
-        .as_deref()
-        .ok_or_else(|| "spec.paramRef.name: required (Gatehouse reads params from the policy files)".to_string())?;
+    let name = r.name.as_deref().ok_or_else(|| {
+        "spec.paramRef.name: required (Gatehouse reads params from the policy files)".to_string()
+    })?;
     if let Some(action) = &r.parameter_not_found_action
         && !matches!(action.as_str(), "Allow" | "Deny")
     {
@@ -596,14 +600,13 @@ pub(crate) fn policies(
 ) -> Result<Vec<crate::policy::Policy>, String> {
     let mut json = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
-        let value = serde_json::to_value(doc)
-            .map_err(|e| format!("Kubernetes object #{}: {e}", i + 1))?;
+        let value =
+            serde_json::to_value(doc).map_err(|e| format!("Kubernetes object #{}: {e}", i + 1))?;
         expand(value, &mut json);
     }
-    let everything: crate::policy::matching::MatchSpec = serde_json::from_value(
-        serde_json::json!({"resources": ["*", "*/*"], "operations": ["*"]}),
-    )
-    .map_err(|e| e.to_string())?;
+    let everything: crate::policy::matching::MatchSpec =
+        serde_json::from_value(serde_json::json!({"resources": ["*", "*/*"], "operations": ["*"]}))
+            .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for vap in load(&json)? {
         out.push(crate::policy::Policy {
@@ -811,9 +814,15 @@ spec:
         assert_eq!(policies.len(), 1);
         let mut attrs = deployment_attrs("CREATE");
         attrs.name = name.into();
-        let object = deployment(replicas, "nginx:1.27").replace("\"name\":\"web\",\"namespace\"", &format!("\"name\":\"{name}\",\"namespace\""));
+        let object = deployment(replicas, "nginx:1.27").replace(
+            "\"name\":\"web\",\"namespace\"",
+            &format!("\"name\":\"{name}\",\"namespace\""),
+        );
         let act = Activation::new(&attrs, Some(object.as_bytes()), None);
-        (policies[0].matches(&attrs, &act), policies[0].evaluate(&act))
+        (
+            policies[0].matches(&attrs, &act),
+            policies[0].evaluate(&act),
+        )
     }
 
     fn denied(message: &str) -> Verdict {
@@ -859,7 +868,9 @@ spec:
         assert!(matched);
         assert_eq!(
             e.verdict,
-            denied("ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: failed expression: !object.metadata.name.contains('demo') || object.metadata.namespace == 'demo'")
+            denied(
+                "ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: failed expression: !object.metadata.name.contains('demo') || object.metadata.namespace == 'demo'"
+            )
         );
         let (_, e) = run(MATCH_CONDITIONS, "web", 1);
         assert_eq!(e.verdict, Verdict::Pass);
@@ -867,7 +878,10 @@ spec:
         let policies = load_text(MATCH_CONDITIONS).unwrap();
         let mut attrs = deployment_attrs("CREATE");
         attrs.user_info.groups.push("system:nodes".into());
-        let object = deployment(1, "x").replace("\"name\":\"web\",\"namespace\"", "\"name\":\"demo-app\",\"namespace\"");
+        let object = deployment(1, "x").replace(
+            "\"name\":\"web\",\"namespace\"",
+            "\"name\":\"demo-app\",\"namespace\"",
+        );
         let act = Activation::new(&attrs, Some(object.as_bytes()), None);
         assert_eq!(policies[0].evaluate(&act).verdict, Verdict::Pass);
     }
@@ -880,12 +894,17 @@ spec:
         assert_eq!(e.verdict, Verdict::Pass);
         assert_eq!(
             e.audit_annotations,
-            vec![("high-replica-count".into(), "Deployment spec.replicas set to 51".into())]
+            vec![(
+                "high-replica-count".into(),
+                "Deployment spec.replicas set to 51".into()
+            )]
         );
         let (_, e) = run(AUDIT, "web", 3);
         assert_eq!(
             e.verdict,
-            denied("ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: Deployment spec.replicas set to 3")
+            denied(
+                "ValidatingAdmissionPolicy 'demo-policy.example.com' with binding 'demo-binding' denied request: Deployment spec.replicas set to 3"
+            )
         );
         assert!(e.audit_annotations.is_empty());
     }
@@ -912,12 +931,18 @@ spec:
     #[test]
     fn list_objects_and_multiple_documents() {
         let policy: serde_json::Value = serde_yaml::from_str(DEMO_POLICY).unwrap();
-        let binding: serde_json::Value = serde_yaml::from_str(&DEMO_BINDING.replace("namespaceSelector", "objectSelector")).unwrap();
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [policy, binding]});
+        let binding: serde_json::Value =
+            serde_yaml::from_str(&DEMO_BINDING.replace("namespaceSelector", "objectSelector"))
+                .unwrap();
+        let list =
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [policy, binding]});
         let text = format!("---\n{}\n---\n", serde_yaml::to_string(&list).unwrap());
         let docs = documents(&text).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(load(&docs).unwrap()[0].name(), "demo-policy.example.com/demo-binding-test.example.com");
+        assert_eq!(
+            load(&docs).unwrap()[0].name(),
+            "demo-policy.example.com/demo-binding-test.example.com"
+        );
         assert!(documents("a: [").unwrap_err().starts_with("document 1: "));
     }
 
@@ -933,7 +958,14 @@ spec:
         #[case] ns: &str,
         #[case] expected: bool,
     ) {
-        let policies = load_text(&format!("{DEMO_POLICY}---\n{}", DEMO_BINDING.replace("    namespaceSelector:\n      matchLabels:\n        environment: test\n", "    excludeResourceRules: []\n"))).unwrap();
+        let policies = load_text(&format!(
+            "{DEMO_POLICY}---\n{}",
+            DEMO_BINDING.replace(
+                "    namespaceSelector:\n      matchLabels:\n        environment: test\n",
+                "    excludeResourceRules: []\n"
+            )
+        ))
+        .unwrap();
         let mut attrs = deployment_attrs(op);
         attrs.resource.name = resource.into();
         attrs.sub_resource = sub.into();
@@ -949,7 +981,12 @@ spec:
     #[case("*", "deployments", "scale", false)]
     #[case("*/*", "deployments", "scale", true)]
     #[case("deployments", "deployments", "", true)]
-    fn resource_patterns(#[case] pattern: &str, #[case] res: &str, #[case] sub: &str, #[case] expected: bool) {
+    fn resource_patterns(
+        #[case] pattern: &str,
+        #[case] res: &str,
+        #[case] sub: &str,
+        #[case] expected: bool,
+    ) {
         let mut attrs = deployment_attrs("CREATE");
         attrs.resource.name = res.into();
         attrs.sub_resource = sub.into();
@@ -960,7 +997,10 @@ spec:
     fn object_selector_and_excludes() {
         let binding = DEMO_BINDING
             .replace("namespaceSelector", "objectSelector")
-            .replace("matchLabels:\n        environment: test", "matchExpressions:\n      - {key: team, operator: In, values: [payments]}");
+            .replace(
+                "matchLabels:\n        environment: test",
+                "matchExpressions:\n      - {key: team, operator: In, values: [payments]}",
+            );
         let policies = load_text(&format!("{DEMO_POLICY}---\n{binding}")).unwrap();
         let attrs = deployment_attrs("CREATE");
         let object = deployment(3, "x");
@@ -986,7 +1026,10 @@ mod example_tests {
     use rstest::rstest;
 
     fn example(file: &str) -> Vec<VapPolicy> {
-        let path = format!("{}/policies/examples/vap/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/policies/examples/vap/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         load(&documents(&text).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -997,15 +1040,32 @@ mod example_tests {
         let attrs = deployment_attrs("CREATE");
         let act = Activation::new(&attrs, Some(object.as_bytes()), None);
         assert!(policies[0].matches(&attrs, &act), "{file}");
-        (policies[0].evaluate(&act).verdict, policies[0].actions.clone())
+        (
+            policies[0].evaluate(&act).verdict,
+            policies[0].actions.clone(),
+        )
     }
 
     #[rstest]
     #[case::replicas_ok("replicas.yaml", deployment(3, "nginx:1.27"), None)]
-    #[case::replicas_low("replicas.yaml", deployment(2, "nginx:1.27"), Some("ValidatingAdmissionPolicy 'min-replicas.gatehouse.example.com' with binding 'min-replicas-binding' denied request: at least 3 replicas are required, got 2"))]
+    #[case::replicas_low(
+        "replicas.yaml",
+        deployment(2, "nginx:1.27"),
+        Some(
+            "ValidatingAdmissionPolicy 'min-replicas.gatehouse.example.com' with binding 'min-replicas-binding' denied request: at least 3 replicas are required, got 2"
+        )
+    )]
     #[case::pinned("no-latest.yaml", deployment(3, "nginx:1.27"), None)]
-    #[case::latest("no-latest.yaml", deployment(3, "nginx:latest"), Some("denied request: images must name a version, not :latest: web=nginx:latest"))]
-    #[case::untagged("no-latest.yaml", deployment(3, "registry:5000/nginx"), Some("web=registry:5000/nginx"))]
+    #[case::latest(
+        "no-latest.yaml",
+        deployment(3, "nginx:latest"),
+        Some("denied request: images must name a version, not :latest: web=nginx:latest")
+    )]
+    #[case::untagged(
+        "no-latest.yaml",
+        deployment(3, "registry:5000/nginx"),
+        Some("web=registry:5000/nginx")
+    )]
     #[case::team_ok("team-label.yaml", deployment(3, "x"), None)]
     #[case::team_bad("team-label.yaml", deployment(3, "x").replace("\"team\":\"payments\"", "\"team\":\"Payments!\""), Some("the team label must match ^[a-z][a-z0-9-]{1,30}$"))]
     #[case::team_missing("team-label.yaml", deployment(3, "x").replace(",\"team\":\"payments\"", ""), Some("the team label must match"))]
@@ -1024,7 +1084,10 @@ mod example_tests {
 
     #[test]
     fn team_label_only_warns() {
-        assert_eq!(judge("team-label.yaml", &deployment(3, "x")).1, vec![ValidationAction::Warn]);
+        assert_eq!(
+            judge("team-label.yaml", &deployment(3, "x")).1,
+            vec![ValidationAction::Warn]
+        );
     }
 
     #[test]
