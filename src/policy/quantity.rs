@@ -30,6 +30,11 @@ pub(crate) struct Quantity {
 const MAX_DIGITS: usize = 30;
 
 impl Quantity {
+    /// The value in nano-units (`1` is 1,000,000,000).
+    pub(crate) fn nanos(&self) -> i128 {
+        self.nanos
+    }
+
     /// Parses `text`; the error says what is wrong with it.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` is not a Kubernetes quantity: {why}");

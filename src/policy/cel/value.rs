@@ -1,0 +1,508 @@
+//! JSON → CEL values, and the evaluation budget every value counts against.
+//!
+//! Objects are decoded straight from the review's raw JSON bytes into CEL values (no
+//! intermediate `serde_json::Value`), and only when a CEL policy matches the request. Lists and
+//! maps are shared (`Arc`) so the interpreter's per-iteration copies are cheap, and iterating
+//! one charges the budget of the running evaluation element by element: a comprehension over a
+//! huge object, or nested comprehensions over it, run out of budget instead of stalling
+//! admission.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::cel::ExecutionError;
+use ::cel::common::traits::{self, Adder, Container, Indexer, Iterable, Sizer, Zeroer};
+use ::cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, LIST_TYPE,
+    MAP_TYPE, Type,
+};
+use ::cel::common::value::{Builtin, BuiltinRef, Val};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+/// A CEL value that borrows nothing.
+pub(crate) type Owned = Box<dyn Val + 'static>;
+
+// ---------------------------------------------------------------------------------------------
+// Budget
+// ---------------------------------------------------------------------------------------------
+
+/// Cost units one expression may spend: the API server's per-expression limit
+/// (`PerCallLimit`, 1,000,000).
+pub const PER_EXPRESSION_COST: u64 = 1_000_000;
+/// Cost units one policy evaluation may spend over all its expressions: the API server's
+/// `RuntimeCELCostBudget` (10,000,000).
+pub const PER_POLICY_COST: u64 = 10_000_000;
+
+thread_local! {
+    static BUDGET: BudgetCell = const { BudgetCell {
+        active: Cell::new(false),
+        remaining: Cell::new(0),
+        exceeded: Cell::new(None),
+        deadline: Cell::new(None),
+        ticks: Cell::new(0),
+        per_item: Cell::new(1),
+    } };
+}
+
+struct BudgetCell {
+    active: Cell<bool>,
+    remaining: Cell<u64>,
+    exceeded: Cell<Option<Exhausted>>,
+    deadline: Cell<Option<Instant>>,
+    ticks: Cell<u32>,
+    per_item: Cell<u64>,
+}
+
+/// Sets what one iteration of a comprehension costs while the current expression runs (the
+/// size of its largest loop body, as cel-go charges each step it evaluates); returns the
+/// previous weight to restore.
+pub(crate) fn set_iteration_cost(units: u64) -> u64 {
+    BUDGET.with(|b| b.per_item.replace(units.max(1)))
+}
+
+/// Why an evaluation was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The cost budget ran out.
+    Cost,
+    /// The time limit passed.
+    Time,
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exhausted::Cost => f.write_str("operation cancelled: actual cost limit exceeded"),
+            Exhausted::Time => f.write_str("operation cancelled: evaluation time limit exceeded"),
+        }
+    }
+}
+
+/// The budget of one expression's evaluation on this thread, active while it lives.
+pub(crate) struct BudgetGuard {
+    start: u64,
+}
+
+impl BudgetGuard {
+    /// Starts counting `limit` cost units, cut off at `deadline`.
+    pub(crate) fn start(limit: u64, deadline: Option<Instant>) -> Self {
+        BUDGET.with(|b| {
+            b.active.set(true);
+            b.remaining.set(limit);
+            b.exceeded.set(None);
+            b.deadline.set(deadline);
+            b.ticks.set(0);
+        });
+        BudgetGuard { start: limit }
+    }
+
+    /// Cost units spent so far.
+    pub(crate) fn spent(&self) -> u64 {
+        self.start - BUDGET.with(|b| b.remaining.get())
+    }
+
+    /// Why the evaluation was cut off, if it was.
+    pub(crate) fn exhausted(&self) -> Option<Exhausted> {
+        BUDGET.with(|b| b.exceeded.get())
+    }
+}
+
+impl Drop for BudgetGuard {
+    fn drop(&mut self) {
+        BUDGET.with(|b| {
+            b.active.set(false);
+            b.exceeded.set(None);
+        });
+    }
+}
+
+/// Charges `units` to the running evaluation; false once its budget is spent (outside an
+/// evaluation, always true).
+pub(crate) fn charge(units: u64) -> bool {
+    BUDGET.with(|b| {
+        if !b.active.get() {
+            return true;
+        }
+        if b.exceeded.get().is_some() {
+            return false;
+        }
+        let left = b.remaining.get();
+        if left < units {
+            b.remaining.set(0);
+            b.exceeded.set(Some(Exhausted::Cost));
+            return false;
+        }
+        b.remaining.set(left - units);
+        let ticks = b.ticks.get().wrapping_add(1);
+        b.ticks.set(ticks);
+        if ticks % 1024 == 0
+            && let Some(deadline) = b.deadline.get()
+            && Instant::now() >= deadline
+        {
+            b.exceeded.set(Some(Exhausted::Time));
+            return false;
+        }
+        true
+    })
+}
+
+/// [`charge`], as the error a function returns when the budget is spent.
+pub(crate) fn charge_or_fail(function: &str, units: u64) -> Result<(), ExecutionError> {
+    if charge(units) {
+        Ok(())
+    } else {
+        Err(ExecutionError::function_error(
+            function,
+            BUDGET
+                .with(|b| b.exceeded.get())
+                .unwrap_or(Exhausted::Cost)
+                .to_string(),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared, counted containers
+// ---------------------------------------------------------------------------------------------
+
+/// A list shared between its copies, whose iteration charges the budget.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedList(Arc<CelList<'static>>);
+
+/// A map shared between its copies, whose iteration charges the budget.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedMap(Arc<CelMap<'static>>);
+
+impl SharedList {
+    pub(crate) fn new(items: Vec<Owned>) -> Self {
+        SharedList(Arc::new(CelList::from(items)))
+    }
+}
+
+impl SharedMap {
+    pub(crate) fn new(entries: HashMap<CelMapKey<'static>, Owned>) -> Self {
+        SharedMap(Arc::new(CelMap::from(entries)))
+    }
+}
+
+/// Iterates `inner`, charging each element the current iteration cost; stops when the budget is spent (the
+/// evaluation is then reported as cut off, whatever it returned).
+struct Counted<'b> {
+    inner: Box<dyn traits::Iterator<'b, 'static> + 'b>,
+}
+
+impl<'b, 'v> traits::Iterator<'b, 'v> for Counted<'b> {
+    fn next(&mut self) -> Option<&'b (dyn Val + 'v)> {
+        if !charge(BUDGET.with(|b| b.per_item.get())) {
+            return None;
+        }
+        match self.inner.next() {
+            Some(v) => Some(v),
+            None => None,
+        }
+    }
+}
+
+macro_rules! shared_container {
+    ($ty:ident, $cel_type:expr, $builtin:ident) => {
+        impl Val for $ty {
+            fn get_type(&self) -> &Type {
+                &$cel_type
+            }
+
+            fn cel_type() -> &'static Type {
+                &$cel_type
+            }
+
+            fn as_adder<'b, 'w>(&'b self) -> Option<&'b (dyn Adder + 'w)>
+            where
+                Self: 'w,
+            {
+                self.0.as_adder()
+            }
+
+            fn as_container(&self) -> Option<&dyn Container> {
+                self.0.as_container()
+            }
+
+            fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+            where
+                Self: 'w,
+            {
+                Some(self)
+            }
+
+            fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+            where
+                Self: 'w,
+            {
+                Some(self)
+            }
+
+            fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
+            where
+                Self: 'w,
+            {
+                Some(self)
+            }
+
+            fn as_sizer(&self) -> Option<&dyn Sizer> {
+                self.0.as_sizer()
+            }
+
+            fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+                self.0.as_zeroer()
+            }
+
+            fn equals(&self, other: &dyn Val) -> bool {
+                self.0.equals(other)
+            }
+
+            fn as_any(&self) -> Option<&dyn std::any::Any> {
+                Some(self)
+            }
+
+            fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+            where
+                Self: 'w,
+            {
+                Box::new(self.clone())
+            }
+
+            fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
+            where
+                Self: 'w,
+            {
+                BuiltinRef::$builtin(&self.0)
+            }
+
+            fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
+            where
+                Self: 'w,
+            {
+                let inner = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
+                Some(Builtin::$builtin(inner))
+            }
+        }
+
+        impl Indexer for $ty {
+            fn get<'b, 'w>(
+                &'b self,
+                idx: &dyn Val,
+            ) -> Result<::cel::common::value::CowVal<'b, 'w>, ExecutionError>
+            where
+                Self: 'w,
+            {
+                Indexer::get(&*self.0, idx)
+            }
+
+            fn steal<'w>(
+                self: Box<Self>,
+                idx: &dyn Val,
+            ) -> Result<Box<dyn Val + 'w>, ExecutionError>
+            where
+                Self: 'w,
+            {
+                Indexer::get(&*self.0, idx).map(|v| v.as_ref().clone_as_boxed())
+            }
+        }
+
+        impl Iterable for $ty {
+            fn iter<'b, 'w>(&'b self) -> Box<dyn traits::Iterator<'b, 'w> + 'b>
+            where
+                Self: 'w,
+            {
+                Box::new(Counted {
+                    inner: Iterable::iter(&*self.0),
+                })
+            }
+        }
+    };
+}
+
+shared_container!(SharedList, LIST_TYPE, List);
+shared_container!(SharedMap, MAP_TYPE, Map);
+
+/// `value` with its lists and maps made shared and counted (results of `variables`).
+pub(crate) fn share(value: Owned) -> Owned {
+    if value.downcast_ref::<SharedList>().is_some() || value.downcast_ref::<SharedMap>().is_some() {
+        return value;
+    }
+    if !matches!(value.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
+        return value;
+    }
+    let fallback = value.clone_as_boxed();
+    match value.into_builtin() {
+        Some(Builtin::List(list)) => Box::new(SharedList::new(
+            list.into_inner().into_iter().map(share).collect(),
+        )),
+        Some(Builtin::Map(map)) => Box::new(SharedMap::new(
+            map.into_inner()
+                .into_iter()
+                .map(|(k, v)| (k, share(v)))
+                .collect(),
+        )),
+        _ => fallback,
+    }
+}
+
+impl ::cel::common::value::StaticVal for SharedList {}
+impl ::cel::common::value::StaticVal for SharedMap {}
+
+// ---------------------------------------------------------------------------------------------
+// JSON → CEL
+// ---------------------------------------------------------------------------------------------
+
+/// Decodes JSON text into a CEL value as the API server converts unstructured objects: integers
+/// as `int`, other numbers as `double`, objects as `map(string, dyn)`, `null` as `null`.
+pub(crate) fn from_json(bytes: &[u8]) -> Result<Owned, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = JsonSeed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Converts an already parsed JSON value (params from a policy file).
+pub(crate) fn from_json_value(value: &serde_json::Value) -> Owned {
+    match value {
+        serde_json::Value::Null => Box::new(CelNull),
+        serde_json::Value::Bool(b) => Box::new(CelBool::from(*b)),
+        serde_json::Value::Number(n) => number(n),
+        serde_json::Value::String(s) => Box::new(CelString::from(s.clone())),
+        serde_json::Value::Array(items) => {
+            Box::new(SharedList::new(items.iter().map(from_json_value).collect()))
+        }
+        serde_json::Value::Object(map) => Box::new(SharedMap::new(
+            map.iter()
+                .map(|(k, v)| (CelMapKey::from(k.clone()), from_json_value(v)))
+                .collect(),
+        )),
+    }
+}
+
+fn number(n: &serde_json::Number) -> Owned {
+    match n.as_i64() {
+        Some(i) => Box::new(CelInt::from(i)),
+        None => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+    }
+}
+
+struct JsonSeed;
+
+impl<'de> DeserializeSeed<'de> for JsonSeed {
+    type Value = Owned;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Owned, D::Error> {
+        d.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Owned;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Owned, E> {
+        Ok(Box::new(CelBool::from(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Owned, E> {
+        Ok(Box::new(CelInt::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Owned, E> {
+        Ok(match i64::try_from(v) {
+            Ok(i) => Box::new(CelInt::from(i)),
+            Err(_) => Box::new(CelDouble::from(v as f64)),
+        })
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Owned, E> {
+        Ok(Box::new(CelDouble::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Owned, E> {
+        Ok(Box::new(CelString::from(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Owned, E> {
+        Ok(Box::new(CelString::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Owned, E> {
+        Ok(Box::new(CelNull))
+    }
+
+    fn visit_none<E>(self) -> Result<Owned, E> {
+        Ok(Box::new(CelNull))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Owned, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(JsonSeed)? {
+            items.push(item);
+        }
+        Ok(Box::new(SharedList::new(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {
+        let mut entries = HashMap::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(JsonSeed)?;
+            entries.insert(CelMapKey::from(key), value);
+        }
+        Ok(Box::new(SharedMap::new(entries)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_are_ints_when_whole_and_doubles_otherwise() {
+        let v = from_json(br#"{"a": 3, "b": 2.5, "c": [1, "x", null, true]}"#).unwrap();
+        let v = ::cel::Value::try_from(v.as_ref()).unwrap();
+        let ::cel::Value::Map(m) = v else {
+            panic!("not a map: {v:?}")
+        };
+        let get = |k: &str| {
+            m.map
+                .get(&::cel::objects::Key::String(Arc::new(k.into())))
+                .cloned()
+        };
+        assert_eq!(get("a"), Some(::cel::Value::Int(3)));
+        assert_eq!(get("b"), Some(::cel::Value::Float(2.5)));
+        assert_eq!(
+            get("c"),
+            Some(::cel::Value::List(Arc::new(vec![
+                ::cel::Value::Int(1),
+                ::cel::Value::String(Arc::new("x".into())),
+                ::cel::Value::Null,
+                ::cel::Value::Bool(true),
+            ])))
+        );
+    }
+
+    #[test]
+    fn iteration_stops_when_the_budget_is_spent() {
+        let v = from_json(b"[1,2,3,4,5,6,7,8,9,10]").unwrap();
+        let guard = BudgetGuard::start(4, None);
+        let mut it = v.as_iterable().unwrap().iter();
+        let mut n = 0;
+        while it.next().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        assert_eq!(guard.exhausted(), Some(Exhausted::Cost));
+        drop(guard);
+        assert!(charge(1_000_000_000), "no budget outside an evaluation");
+    }
+}
