@@ -5,6 +5,7 @@
 //! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
 
 pub mod annotations;
+mod exempt;
 pub mod forward;
 pub mod labels;
 pub mod matching;
