@@ -294,12 +294,16 @@ impl LoadError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
+    /// Absent (and no notifications either) means an empty file, which is refused.
     #[serde(default)]
-    policies: Vec<serde_yaml::Value>,
+    policies: Option<Vec<serde_yaml::Value>>,
     /// Notification rules (see `notify::rule`).
     #[serde(default)]
     notifications: Vec<serde_yaml::Value>,
 }
+
+/// Why an empty policy file is refused.
+const EMPTY_FILE: &str = "the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant";
 
 /// Parses one policy file's text; `source` names it in errors.
 pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError> {
@@ -330,13 +334,16 @@ pub fn parse_file_with(
         .map_err(|e| LoadError::new(source, format!("not valid YAML: {e}")))?;
     let mut notifications = Vec::new();
     let items = match root {
-        serde_yaml::Value::Null => Vec::new(),
+        serde_yaml::Value::Null => return Err(LoadError::new(source, EMPTY_FILE)),
         serde_yaml::Value::Sequence(items) => items,
         serde_yaml::Value::Mapping(_) => {
             let doc: Document = serde_path_to_error::deserialize(root)
                 .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
+            if doc.policies.is_none() && doc.notifications.is_empty() {
+                return Err(LoadError::new(source, EMPTY_FILE));
+            }
             notifications = doc.notifications;
-            doc.policies
+            doc.policies.unwrap_or_default()
         }
         _ => {
             return Err(LoadError::new(
@@ -353,6 +360,9 @@ pub fn parse_file_with(
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
         let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
+        if let Kind::Replicas(p) = &kind {
+            p.check_reach(&matcher).map_err(&fail)?;
+        }
         out.push(Policy {
             name: raw.name,
             action: raw.action,
@@ -735,6 +745,15 @@ mod tests {
     #[case::unknown_top_level("polices: []\n", "polices: unknown field `polices`")]
     #[case::not_yaml("- name: [\n", "not valid YAML")]
     #[case::scalar("42\n", "expected a list of policies")]
+    #[case::empty(
+        "",
+        "the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant"
+    )]
+    #[case::comments_only("# all policies moved elsewhere\n", "the file holds no policies")]
+    #[case::replicas_without_replicas(
+        "- name: p\n  kind: replicas\n  match: {resources: ['apps/daemonsets', pods]}\n  params: {min: 1}\n",
+        "policy \"p\": match.resources: a replicas policy judges only deployments"
+    )]
     fn load_errors_name_file_policy_and_field(#[case] text: &str, #[case] expected: &str) {
         let err = parse_policies(text, "team.yaml").unwrap_err().to_string();
         assert!(err.starts_with("team.yaml: "), "{err}");
@@ -742,6 +761,14 @@ mod tests {
             err.contains(expected),
             "{err:?} should contain {expected:?}"
         );
+    }
+
+    #[rstest]
+    #[case("policies: []\n")]
+    #[case("[]\n")]
+    #[case("policies: []\nnotifications: []\n")]
+    fn an_explicitly_empty_set_loads(#[case] text: &str) {
+        assert!(parse_policies(text, "none.yaml").unwrap().is_empty());
     }
 
     #[test]
