@@ -5,6 +5,7 @@
 //! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
 
 pub mod annotations;
+mod api_resources;
 mod exempt;
 pub mod forward;
 pub mod labels;

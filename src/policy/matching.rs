@@ -203,9 +203,13 @@ impl Matcher {
         let resources = spec
             .resources
             .iter()
-            .map(|r| ResourcePattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("match.resources: {e}"))?;
+            .enumerate()
+            .map(|(i, r)| {
+                ResourcePattern::parse(r)
+                    .and_then(|p| super::api_resources::check(r, &p).map(|()| p))
+                    .map_err(|e| format!("match.resources[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let operations = if spec.operations.is_empty() {
             vec![OperationMatch::Create, OperationMatch::Update]
         } else {
@@ -397,7 +401,7 @@ mod tests {
     #[rstest]
     #[case::plain("resources: [deployments]", "app", "CREATE", None, true)]
     #[case::group("resources: [apps/deployments]", "app", "UPDATE", None, true)]
-    #[case::wrong_group("resources: [extensions/deployments]", "app", "CREATE", None, false)]
+    #[case::wrong_group("resources: [example.com/deployments]", "app", "CREATE", None, false)]
     #[case::main_does_not_match_sub(
         "resources: [deployments]",
         "app",
