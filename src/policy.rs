@@ -10,6 +10,7 @@ mod exempt;
 pub mod forward;
 pub mod labels;
 pub mod matching;
+pub mod messages;
 pub mod one_time_token;
 mod podspec;
 pub mod ports;
@@ -231,10 +232,11 @@ fn typed_params<T: serde::de::DeserializeOwned>(params: serde_yaml::Value) -> Re
     };
     serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
+        let message = messages::humanize(&e.inner().to_string());
         if path == "." || path.is_empty() {
-            format!("params: {}", e.inner())
+            format!("params: {message}")
         } else {
-            format!("params.{path}: {}", e.inner())
+            format!("params.{path}: {message}")
         }
     })
 }
@@ -338,8 +340,10 @@ pub fn parse_file_with(
         serde_yaml::Value::Null => return Err(LoadError::new(source, EMPTY_FILE)),
         serde_yaml::Value::Sequence(items) => items,
         serde_yaml::Value::Mapping(_) => {
-            let doc: Document = serde_path_to_error::deserialize(root)
-                .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
+            let doc: Document = serde_path_to_error::deserialize(root).map_err(|e| {
+                let message = messages::humanize(&e.inner().to_string());
+                LoadError::new(source, format!("{}: {message}", e.path()))
+            })?;
             if doc.policies.is_none() && doc.notifications.is_empty() {
                 return Err(LoadError::new(source, EMPTY_FILE));
             }
@@ -394,10 +398,11 @@ pub(crate) fn deserialize_item<T: serde::de::DeserializeOwned>(
 ) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(item).map_err(|e| {
         let path = e.path().to_string();
+        let message = messages::humanize(&e.inner().to_string());
         if path == "." {
-            fail(e.inner().to_string())
+            fail(message)
         } else {
-            fail(format!("{path}: {}", e.inner()))
+            fail(format!("{path}: {message}"))
         }
     })
 }
@@ -721,7 +726,7 @@ mod tests {
     )]
     #[case::bad_param_type(
         "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: three}\n",
-        "policy \"p\": params.min: invalid type"
+        "policy \"p\": params.min: expected a whole number of 0 or more, found the text \"three\""
     )]
     #[case::bad_action(
         "- name: p\n  kind: replicas\n  action: block\n  match: {resources: [deployments]}\n  params: {min: 3}\n",
