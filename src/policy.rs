@@ -726,7 +726,7 @@ mod tests {
     )]
     #[case::bad_param_type(
         "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: three}\n",
-        "policy \"p\": params.min: expected a whole number of 0 or more, found the text \"three\""
+        "policy \"p\": params.min: expected a whole number from 0 to 4294967295, found the text \"three\""
     )]
     #[case::bad_action(
         "- name: p\n  kind: replicas\n  action: block\n  match: {resources: [deployments]}\n  params: {min: 3}\n",

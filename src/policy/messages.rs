@@ -47,7 +47,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("a character", "a single character"),
     ("u8", "a whole number from 0 to 255"),
     ("u16", "a whole number from 0 to 65535"),
-    ("u32", "a whole number of 0 or more"),
+    ("u32", "a whole number from 0 to 4294967295"),
     ("u64", "a whole number of 0 or more"),
     ("usize", "a whole number of 0 or more"),
     ("i8", "a whole number"),
@@ -175,11 +175,11 @@ mod tests {
     )]
     #[case(
         "invalid type: string \"three\", expected u32",
-        "expected a whole number of 0 or more, found the text \"three\""
+        "expected a whole number from 0 to 4294967295, found the text \"three\""
     )]
     #[case(
         "invalid value: integer `-1`, expected u32",
-        "expected a whole number of 0 or more, found the number -1"
+        "expected a whole number from 0 to 4294967295, found the number -1"
     )]
     #[case(
         "invalid type: map, expected a sequence",
