@@ -127,6 +127,27 @@ fn bad_policy_file_fails_at_start_naming_file_policy_and_field() {
     );
 }
 
+#[test]
+fn empty_policy_file_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.yaml");
+    std::fs::write(&file, "# every policy moved away\n").unwrap();
+    let out = gatehouse()
+        .env("GATEHOUSE_POLICIES", &file)
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+        .env("GATEHOUSE_HEALTH_LISTEN", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("team.yaml: the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant"),
+        "{stderr}"
+    );
+}
+
 /// `gatehouse serve` with nothing configured but free ports and a private data directory:
 /// it makes a development CA, prints a curl line, answers over TLS, and exits on SIGTERM.
 #[tokio::test]
