@@ -22,6 +22,7 @@ else
 fi
 
 cargo test --locked --all-targets
+cargo run --locked --quiet -- test policies/tests   # the shipped policies' suites (gatehouse test)
 
 # The Helm chart and deploy/ (installs helm and kubernetes-validate into .cache/, not committed).
 bash scripts/chart-test.sh

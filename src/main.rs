@@ -36,6 +36,9 @@ enum Command {
     /// Evaluate Kubernetes manifests against the policies offline, as CREATE by a user.
     /// Exit code: 0 all allowed, 1 any denied, 2 unreadable input or configuration.
     Check(commands::check::CheckArgs),
+    /// Run policy test suites (YAML files with `kind: PolicyTest`; directories are searched).
+    /// Exit code: 0 all cases pass, 1 any fails, 2 a suite cannot be used or none is found.
+    Test(commands::test::TestArgs),
     /// Issue, list, revoke and prune one-time deployment tokens (in the store named by
     /// `database_url`, by default SQLite in the data directory).
     Tokens {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
                 ExitCode::from(commands::review::run(&policies, file.as_deref()).await)
             }
             Command::Check(args) => ExitCode::from(commands::check::main(&config, &args).await),
+            Command::Test(args) => ExitCode::from(commands::test::run(&args).await),
             Command::Tokens { command } => {
                 ExitCode::from(commands::tokens::run(&config, command).await)
             }
