@@ -10,8 +10,11 @@
 
 use super::matching::ResourcePattern;
 
+/// A resource and its subresources.
+type Resource = (&'static str, &'static [&'static str]);
+
 /// `(group, [(resource, [subresources])])`; the core group is `""`.
-pub(crate) const BUILT_IN: &[(&str, &[(&str, &[&str])])] = &[
+pub(crate) const BUILT_IN: &[(&str, &[Resource])] = &[
     (
         "",
         &[
@@ -168,7 +171,7 @@ pub(crate) const BUILT_IN: &[(&str, &[(&str, &[&str])])] = &[
 const CUSTOM_SUBRESOURCES: &[&str] = &["scale", "status"];
 
 /// The resources of a built-in group, or `None` for other groups.
-fn group(name: &str) -> Option<&'static [(&'static str, &'static [&'static str])]> {
+fn group(name: &str) -> Option<&'static [Resource]> {
     BUILT_IN
         .iter()
         .find(|(g, _)| *g == name)
