@@ -258,7 +258,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
         latency_us = elapsed.as_micros() as u64,
         "admission"
     );
-    tracing::trace!(uid = %req.uid, object = ?req.object, "admission object");
+    tracing::trace!(uid = %req.uid, object = req.object.as_ref().map_or("null", |o| o.raw.text()), "admission object");
     Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
 }
 

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -334,7 +332,7 @@ impl Notifier {
     /// drops the event (counted in `gatehouse_notifications_dropped_total`).
     pub fn notify(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &crate::admission::Review<'_>,
         decision: &Decision,
         policies: &PolicySet,
     ) {
@@ -376,11 +374,16 @@ impl Notifier {
             return;
         }
         let ev = Event {
-            uid: req.uid.clone(),
+            uid: req.uid.clone().into_owned(),
             primary,
             operation: event::operation(&req.operation).to_owned(),
             object: crate::admission::describe_object(req),
-            user: req.user_info.username.clone().unwrap_or_default(),
+            user: req
+                .user_info
+                .username
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
             replicas: event::replicas(req),
             images: event::images(req),
             reason: (!decision.allowed()).then(|| decision.deny_message()),

@@ -3,6 +3,27 @@
 //! A policy file is YAML: either a list of policies or a mapping with a `policies:` list.
 //! Each policy has a `name`, a `kind` (one of the built-in kinds in `policy/<kind>.rs`), a
 //! `match` block, an `action` (`deny`, `warn`, `audit`) and `params` typed by its kind.
+//!
+//! # Adding a kind
+//!
+//! A kind is one file, `policy/<kind>.rs`, plus one line in [`KINDS`]:
+//!
+//! 1. Its params are a struct that deserializes from the policy's `params` (deny unknown
+//!    fields, so a typo is a load error naming the field).
+//! 2. It implements [`Params`] (`validate`: checks that need more than types, such as
+//!    `min <= max`, or compiling patterns; the error names the field, `params.max: …`) and
+//!    [`Check`] (`evaluate`: the verdict on one [`Review`]). A kind whose params need more
+//!    than [`load_params`] does (a store, files) writes its own [`Loader`].
+//! 3. `evaluate` reads only what it judges from the review's raw objects
+//!    ([`crate::admission::Raw`]; the pod template is read once per review and shared, see
+//!    [`Review::pod_template`]). It returns [`Eval::Done`] with the [`Outcome`], or
+//!    [`Eval::Pending`] with a boxed future for a kind that waits on the outside world (it
+//!    must then honour [`EvalOptions::offline`] by returning [`Outcome::Skipped`]).
+//! 4. A kind with a side effect on admission (consuming a one-time token) returns true from
+//!    [`Check::consumes`]: it runs after every other policy, and [`EvalCtx::may_consume`] says
+//!    whether the request is still allowed so far.
+//! 5. Register it: `("my-kind", load_params::<my_kind::MyKind>)` in [`KINDS`]. The name is
+//!    what policy files write in `kind:`, and appears in the "unknown kind" message.
 
 pub mod annotations;
 mod api_resources;
@@ -12,7 +33,7 @@ pub mod labels;
 pub mod matching;
 pub mod messages;
 pub mod one_time_token;
-mod podspec;
+pub(crate) mod podspec;
 pub mod ports;
 mod quantity;
 pub mod registries;
@@ -20,13 +41,18 @@ pub mod replicas;
 mod required_keys;
 pub mod resources;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::admission::Review;
 
 use crate::notify::rule::NotifyRule;
 use matching::{MatchSpec, Matcher, namespace_matches};
@@ -91,135 +117,128 @@ pub struct LoadContext {
     pub token_store: crate::store::TokenStoreSlot,
 }
 
-/// A built-in policy kind with its parameters.
-#[derive(Debug, Clone)]
-pub enum Kind {
-    /// Minimum/maximum replica count.
-    Replicas(replicas::Replicas),
-    /// Images only from allowed registries.
-    Registries(registries::Registries),
-    /// Required resource requests/limits and maxima.
-    Resources(resources::Resources),
-    /// Allowed container and host ports.
-    Ports(ports::Ports),
-    /// Required annotations.
-    Annotations(annotations::Annotations),
-    /// Required labels.
-    Labels(labels::Labels),
-    /// The verdict of an external endpoint.
-    Forward(forward::Forward),
-    /// A one-time token in an annotation, consumed on admission.
-    OneTimeToken(one_time_token::OneTimeToken),
+/// A boxed future of an [`Outcome`], for kinds that wait on the outside world.
+pub type PendingOutcome<'r> = Pin<Box<dyn Future<Output = Outcome> + Send + 'r>>;
+
+/// What [`Check::evaluate`] returns: the outcome at once, or a future of it.
+pub enum Eval<'r> {
+    /// Judged without waiting (every kind that only reads the review).
+    Done(Outcome),
+    /// Judged after waiting (a call out, a database).
+    Pending(PendingOutcome<'r>),
 }
 
-/// Names of the built-in kinds, for error messages.
-pub const KINDS: &[&str] = &[
-    "replicas",
-    "registries",
-    "resources",
-    "ports",
-    "annotations",
-    "labels",
-    "forward",
-    "one-time-token",
+impl Eval<'_> {
+    /// The outcome, waiting for it when needed.
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Eval::Done(o) => o,
+            Eval::Pending(f) => f.await,
+        }
+    }
+}
+
+/// Everything one policy's evaluation may look at.
+#[derive(Debug)]
+pub struct EvalCtx<'r, 'a> {
+    /// The policy's name, for messages.
+    pub policy: &'r str,
+    /// The review being judged.
+    pub review: &'r Review<'a>,
+    /// How the evaluation runs (offline or not).
+    pub opts: &'r EvalOptions,
+    /// For kinds that [`Check::consumes`]: true while no other policy has denied the request,
+    /// so admitting it will happen and the side effect may take place.
+    pub may_consume: bool,
+}
+
+/// A policy kind's check: the one interface every kind implements (see the module docs).
+pub trait Check: Any + Send + Sync + fmt::Debug {
+    /// Judges one review.
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r>;
+
+    /// Whether admitting a request has a side effect (a one-time token is consumed). Such
+    /// kinds run after all others.
+    fn consumes(&self) -> bool {
+        false
+    }
+}
+
+/// Params of a kind loaded by [`load_params`]: deserialized from `params`, then validated.
+pub trait Params: Check + DeserializeOwned {
+    /// Checks that need more than types; the error names the field (`params.max: …`).
+    fn validate(&mut self) -> Result<(), String>;
+}
+
+/// Builds a kind's check from the policy's `params`; the error names the parameter.
+pub type Loader = fn(serde_yaml::Value, &LoadContext) -> Result<Arc<dyn Check>, String>;
+
+/// The [`Loader`] of a kind whose params are all it needs.
+pub fn load_params<T: Params>(
+    params: serde_yaml::Value,
+    _ctx: &LoadContext,
+) -> Result<Arc<dyn Check>, String> {
+    let mut p: T = typed_params(params)?;
+    p.validate()?;
+    Ok(Arc::new(p))
+}
+
+/// The built-in kinds: the name policy files use and how to load it. One line per kind.
+pub const KINDS: &[(&str, Loader)] = &[
+    ("replicas", load_params::<replicas::Replicas>),
+    ("registries", load_params::<registries::Registries>),
+    ("resources", load_params::<resources::Resources>),
+    ("ports", load_params::<ports::Ports>),
+    ("annotations", load_params::<annotations::Annotations>),
+    ("labels", load_params::<labels::Labels>),
+    ("forward", forward::load),
+    ("one-time-token", one_time_token::load),
 ];
 
+/// A policy's kind: its name and its loaded check.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    name: &'static str,
+    check: Arc<dyn Check>,
+}
+
 impl Kind {
-    /// Parses `params` for `kind`; the error names the parameter.
+    /// Loads `params` for `kind`; the error names the parameter.
     fn parse(kind: &str, params: serde_yaml::Value, ctx: &LoadContext) -> Result<Self, String> {
-        match kind {
-            "replicas" => {
-                let p: replicas::Replicas = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Replicas(p))
-            }
-            "registries" => {
-                let mut p: registries::Registries = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Registries(p))
-            }
-            "resources" => {
-                let p: resources::Resources = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Resources(p))
-            }
-            "ports" => {
-                let p: ports::Ports = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Ports(p))
-            }
-            "annotations" => {
-                let mut p: annotations::Annotations = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Annotations(p))
-            }
-            "labels" => {
-                let mut p: labels::Labels = typed_params(params)?;
-                p.validate()?;
-                Ok(Kind::Labels(p))
-            }
-            "forward" => Ok(Kind::Forward(forward::Forward::from_params(params)?)),
-            "one-time-token" => Ok(Kind::OneTimeToken(one_time_token::OneTimeToken::new(
-                typed_params(params)?,
-                ctx.token_store.want(),
-            )?)),
-            other => Err(format!(
-                "kind: unknown kind `{other}` (known kinds: {})",
-                KINDS.join(", ")
+        match KINDS.iter().find(|(name, _)| *name == kind) {
+            Some((name, load)) => Ok(Kind {
+                name,
+                check: load(params, ctx)?,
+            }),
+            None => Err(format!(
+                "kind: unknown kind `{kind}` (known kinds: {})",
+                KINDS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
 
     /// The kind's name as written in policy files.
     pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Replicas(_) => "replicas",
-            Kind::Registries(_) => "registries",
-            Kind::Resources(_) => "resources",
-            Kind::Ports(_) => "ports",
-            Kind::Annotations(_) => "annotations",
-            Kind::Labels(_) => "labels",
-            Kind::Forward(_) => "forward",
-            Kind::OneTimeToken(_) => "one-time-token",
-        }
+        self.name
     }
 
-    /// Whether admitting a request has a side effect (a one-time token is consumed).
+    /// The loaded check.
+    pub fn check(&self) -> &dyn Check {
+        &*self.check
+    }
+
+    /// The check as its concrete kind, when it is one (`forward` start-time checks).
+    pub fn downcast<T: Check>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.check;
+        any.downcast_ref::<T>()
+    }
+
     fn consumes(&self) -> bool {
-        matches!(self, Kind::OneTimeToken(_))
-    }
-
-    /// [`Kind::evaluate`], except that a kind with a side effect only checks when
-    /// `may_consume` is false (the request is denied anyway).
-    async fn evaluate_in(
-        &self,
-        policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
-        opts: &EvalOptions,
-        may_consume: bool,
-    ) -> Outcome {
-        match self {
-            Kind::OneTimeToken(p) => p.evaluate_with(policy, req, opts, may_consume).await,
-            _ => self.evaluate(policy, req, opts).await,
-        }
-    }
-
-    async fn evaluate(
-        &self,
-        policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
-        opts: &EvalOptions,
-    ) -> Outcome {
-        match self {
-            Kind::Replicas(p) => p.evaluate(policy, req),
-            Kind::Registries(p) => p.evaluate(policy, req),
-            Kind::Resources(p) => p.evaluate(policy, req),
-            Kind::Ports(p) => p.evaluate(policy, req),
-            Kind::Annotations(p) => p.evaluate(policy, req),
-            Kind::Labels(p) => p.evaluate(policy, req),
-            Kind::Forward(p) => p.evaluate(policy, req, opts).await,
-            Kind::OneTimeToken(p) => p.evaluate(policy, req, opts).await,
-        }
+        self.check.consumes()
     }
 }
 
@@ -365,7 +384,7 @@ pub fn parse_file_with(
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
         let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
-        if let Kind::Replicas(p) = &kind {
+        if let Some(p) = kind.downcast::<replicas::Replicas>() {
             p.check_reach(&matcher).map_err(&fail)?;
         }
         out.push(Policy {
@@ -632,16 +651,12 @@ impl PolicySet {
     }
 
     /// Evaluates every matching policy and combines their findings.
-    pub async fn evaluate(&self, req: &AdmissionRequest<DynamicObject>) -> Decision {
+    pub async fn evaluate(&self, req: &Review<'_>) -> Decision {
         self.evaluate_with(req, &EvalOptions::default()).await
     }
 
     /// [`PolicySet::evaluate`] with options (offline mode).
-    pub async fn evaluate_with(
-        &self,
-        req: &AdmissionRequest<DynamicObject>,
-        opts: &EvalOptions,
-    ) -> Decision {
+    pub async fn evaluate_with(&self, req: &Review<'_>, opts: &EvalOptions) -> Decision {
         let mut decision = Decision::default();
         if let Some(ns) = req.namespace.as_deref()
             && self
@@ -665,12 +680,13 @@ impl PolicySet {
                 policy: policy.name.clone(),
                 message,
             };
-            let may_consume = decision.denials.is_empty();
-            match policy
-                .kind
-                .evaluate_in(&policy.name, req, opts, may_consume)
-                .await
-            {
+            let ctx = EvalCtx {
+                policy: &policy.name,
+                review: req,
+                opts,
+                may_consume: decision.denials.is_empty(),
+            };
+            match policy.kind.check.evaluate(&ctx).outcome().await {
                 Outcome::Pass => {}
                 Outcome::Skipped(message) => decision.skipped.push(finding(message)),
                 Outcome::Warning(message) => decision.warnings.push(finding(message)),
@@ -812,7 +828,7 @@ mod tests {
         assert!(err.contains("no *.yaml"), "{err}");
     }
 
-    fn deployment_request(ns: &str, replicas: i64) -> AdmissionRequest<DynamicObject> {
+    fn deployment_request(ns: &str, replicas: i64) -> Review<'static> {
         request(json!({
             "uid": "u", "operation": "CREATE", "name": "web", "namespace": ns,
             "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},

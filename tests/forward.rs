@@ -219,11 +219,8 @@ fn set(yaml: &str) -> PolicySet {
     PolicySet::new(parse_policies(yaml, "forward.yaml").unwrap(), vec![]).unwrap()
 }
 
-fn review(
-    name: &str,
-    edit: impl FnOnce(&mut Value),
-) -> kube::core::admission::AdmissionRequest<kube::core::DynamicObject> {
-    gatehouse::admission::decode(&example_review(name, edit)).unwrap()
+fn review(name: &str, edit: impl FnOnce(&mut Value)) -> gatehouse::admission::Review<'static> {
+    gatehouse::admission::testing::leak(example_review(name, edit)).unwrap()
 }
 
 async fn decide(set: &PolicySet) -> Decision {
@@ -331,7 +328,7 @@ async fn the_review_is_posted_with_the_function_key_from_a_file() {
     );
     assert_eq!(s.body["apiVersion"], "admission.k8s.io/v1beta1");
     assert_eq!(s.body["kind"], "AdmissionReview");
-    assert_eq!(s.body["request"]["uid"], req.uid.as_str());
+    assert_eq!(s.body["request"]["uid"], req.uid.as_ref());
     assert_eq!(s.body["request"]["object"]["spec"]["replicas"], 2);
     assert_eq!(
         s.body["request"]["userInfo"]["username"],

@@ -44,7 +44,7 @@ fn review(body: &[u8], sets: &[PolicySet]) -> Option<Vec<bool>> {
                     .expect("offline evaluation does no I/O");
                 let out =
                     serde_json::to_value(gatehouse::admission::respond(&req, &decision)).unwrap();
-                assert_eq!(out["response"]["uid"].as_str(), Some(req.uid.as_str()));
+                assert_eq!(out["response"]["uid"].as_str(), Some(req.uid.as_ref()));
                 decision.allowed()
             })
             .collect(),

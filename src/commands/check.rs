@@ -17,8 +17,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -127,12 +125,19 @@ pub(crate) fn resource_of(kind: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InputError(pub(crate) String);
 
-/// One object to evaluate and where it came from.
+/// One object to evaluate and where it came from: the review body the API server would send
+/// (checked to decode when the item was made; decoded again, cheaply, when used).
 pub(crate) struct Item {
     /// `file:document` (documents counted from 1), `file:2 items[0]` inside a List.
     pub(crate) source: String,
-    /// The review request the API server would send.
-    pub(crate) request: AdmissionRequest<DynamicObject>,
+    body: Vec<u8>,
+}
+
+impl Item {
+    /// The review request, decoded from the body.
+    pub(crate) fn request(&self) -> Result<admission::Review<'_>, String> {
+        admission::decode(&self.body).map_err(|e| format!("{}: {e}", self.source))
+    }
 }
 
 /// The manifest files under `path` (itself, or recursively for a directory), sorted.
@@ -201,12 +206,8 @@ fn read_inputs(files: &[PathBuf], errors: &mut Vec<InputError>) -> Vec<(String, 
     out
 }
 
-/// The admission request the API server would send for creating `obj`.
-fn create_request(
-    obj: Value,
-    uid: &str,
-    args: &CheckArgs,
-) -> Result<AdmissionRequest<DynamicObject>, String> {
+/// The body of the review the API server would send for creating `obj`.
+fn create_request(obj: Value, uid: &str, args: &CheckArgs) -> Result<Vec<u8>, String> {
     let mut obj = obj;
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
     let api_version = text(&obj, "apiVersion").ok_or("not a Kubernetes object: no apiVersion")?;
@@ -249,7 +250,8 @@ fn create_request(
     let review =
         json!({"apiVersion": admission::V1, "kind": "AdmissionReview", "request": request});
     let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
-    admission::decode(&body).map_err(|e| e.to_string())
+    admission::decode(&body).map_err(|e| e.to_string())?;
+    Ok(body)
 }
 
 /// Turns one parsed document into items (several for a `List`).
@@ -264,11 +266,14 @@ fn collect(
     if kind == "AdmissionReview" {
         let result = serde_json::to_vec(&doc)
             .map_err(|e| e.to_string())
-            .and_then(|b| admission::decode(&b).map_err(|e| e.to_string()));
+            .and_then(|b| match admission::decode(&b) {
+                Ok(_) => Ok(b),
+                Err(e) => Err(e.to_string()),
+            });
         match result {
-            Ok(request) => items.push(Item {
+            Ok(body) => items.push(Item {
                 source: source.to_owned(),
-                request,
+                body,
             }),
             Err(e) => errors.push(InputError(format!("{source}: {e}"))),
         }
@@ -290,9 +295,9 @@ fn collect(
     }
     let uid = format!("gatehouse-check-{}", items.len() + 1);
     match create_request(doc, &uid, args) {
-        Ok(request) => items.push(Item {
+        Ok(body) => items.push(Item {
             source: source.to_owned(),
-            request,
+            body,
         }),
         Err(e) => errors.push(InputError(format!("{source}: {e}"))),
     }
@@ -393,7 +398,13 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
     let offline = EvalOptions { offline: true };
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let decision = policies.evaluate_with(&item.request, &offline).await;
+        let decision = match item.request() {
+            Ok(request) => policies.evaluate_with(&request, &offline).await,
+            Err(e) => {
+                errors.push(InputError(e));
+                continue;
+            }
+        };
         results.push((item, decision));
     }
     let denied = results.iter().filter(|(_, d)| !d.allowed()).count();
@@ -401,7 +412,10 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
     match args.output {
         Output::Text => {
             'objects: for (item, d) in &results {
-                let object = describe_object(&item.request);
+                let Ok(request) = item.request() else {
+                    continue;
+                };
+                let object = describe_object(&request);
                 // A closed pipe (`| head`) ends the listing, not the process.
                 if writeln!(stdout, "{}: {object}: {}", item.source, verdict(d)).is_err() {
                     break;
@@ -438,13 +452,13 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
         Output::Json => {
             let objects: Vec<Value> = results
                 .iter()
-                .map(|(item, d)| {
-                    let r = &item.request;
-                    json!({
+                .filter_map(|(item, d)| {
+                    let r = item.request().ok()?;
+                    Some(json!({
                         "source": item.source,
                         "kind": r.kind.kind,
                         "namespace": r.namespace,
-                        "name": admission::object_name(r),
+                        "name": admission::object_name(&r),
                         "operation": r.operation,
                         "user": r.user_info.username,
                         "decision": decision_label(d),
@@ -456,7 +470,7 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                         "warnings": findings_json(&d.warnings),
                         "audits": findings_json(&d.audits),
                         "skipped": findings_json(&d.skipped),
-                    })
+                    }))
                 })
                 .collect();
             let errors: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
@@ -549,7 +563,7 @@ items:
         assert!(errors.is_empty(), "{errors:?}");
         let seen: Vec<_> = items
             .iter()
-            .map(|i| (i.source.clone(), describe_object(&i.request)))
+            .map(|i| (i.source.clone(), describe_object(&i.request().unwrap())))
             .collect();
         assert_eq!(
             seen,
@@ -566,20 +580,21 @@ items:
                 ),
             ]
         );
-        let r = &items[0].request;
+        let r = items[0].request().unwrap();
         assert_eq!(r.resource.group, "apps");
         assert_eq!(r.resource.resource, "deployments");
         assert_eq!(r.user_info.username.as_deref(), Some("ci-bot"));
-        assert_eq!(r.user_info.groups, Some(vec!["ci".to_owned()]));
+        assert_eq!(r.user_info.groups, vec!["ci"]);
         assert!(matches!(
             r.operation,
             kube::core::admission::Operation::Create
         ));
+        let meta = r.object.as_ref().unwrap().metadata.unwrap();
         assert_eq!(
-            r.object.as_ref().unwrap().metadata.namespace.as_deref(),
+            meta.get("namespace").and_then(|n| n.as_str()).as_deref(),
             Some("staging")
         );
-        assert_eq!(items[1].request.namespace, None);
+        assert_eq!(items[1].request().unwrap().namespace, None);
     }
 
     #[rstest]

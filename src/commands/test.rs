@@ -259,8 +259,9 @@ async fn run_case(
         .map_err(|e| format!("message: {e}"))?;
     let offline = EvalOptions { offline: true };
     for item in items {
-        let d = policies.evaluate_with(&item.request, &offline).await;
-        let object = describe_object(&item.request);
+        let request = item.request()?;
+        let d = policies.evaluate_with(&request, &offline).await;
+        let object = describe_object(&request);
         let got = decision_label(&d);
         let findings = finding_lines(&d, &object);
         let shown = if findings.is_empty() {

@@ -1,9 +1,9 @@
 //! From an admission request and its decision to the facts a message needs: which events it
 //! is, replicas and images (old and new), and whether an UPDATE changed more than bookkeeping.
 
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
-use serde_json::Value;
+use kube::core::admission::Operation;
+
+use crate::admission::{Object, Raw, Review};
 
 use super::rule::EventKind;
 use super::{Change, ImageChange};
@@ -12,7 +12,7 @@ use crate::policy::Decision;
 /// The events a decided request is, before the UPDATE bookkeeping check: a denied request
 /// is only `denied`; an allowed one is `created` (CREATE) or `updated` (UPDATE), and `warned`
 /// when it got warnings.
-pub fn kinds(req: &AdmissionRequest<DynamicObject>, decision: &Decision) -> Vec<EventKind> {
+pub fn kinds(req: &Review<'_>, decision: &Decision) -> Vec<EventKind> {
     if !decision.allowed() {
         return vec![EventKind::Denied];
     }
@@ -65,47 +65,49 @@ pub fn parse_pointers(pointers: &[String]) -> Vec<Vec<String>> {
 }
 
 /// Whether an UPDATE changed anything outside the ignored pointers. Without an old object
-/// there is nothing to compare with, and it counts as a change.
-pub fn meaningful_update(req: &AdmissionRequest<DynamicObject>, ignored: &[Vec<String>]) -> bool {
+/// there is nothing to compare with, and it counts as a change. The objects are compared
+/// from their raw JSON, part by part, without building either.
+pub fn meaningful_update(req: &Review<'_>, ignored: &[Vec<String>]) -> bool {
     let (Some(new), Some(old)) = (req.object.as_ref(), req.old_object.as_ref()) else {
         return true;
     };
     if ignored.is_empty() {
         return true;
     }
-    let meta = |o: &DynamicObject| serde_json::to_value(&o.metadata).unwrap_or(Value::Null);
-    let meta_ignored: Vec<&[String]> = ignored
-        .iter()
-        .filter(|p| p.first().map(String::as_str) == Some("metadata"))
-        .map(|p| &p[1..])
-        .collect();
-    if meta_ignored.iter().any(|p| p.is_empty()) {
-        // All of metadata is ignored.
-    } else if !eq_ignoring(&meta(old), &meta(new), &meta_ignored) {
-        return true;
-    }
-    let data_ignored: Vec<&[String]> = ignored.iter().map(Vec::as_slice).collect();
-    !eq_ignoring(&old.data, &new.data, &data_ignored)
+    let ignored: Vec<&[String]> = ignored.iter().map(Vec::as_slice).collect();
+    !eq_ignoring(old.raw, new.raw, &ignored)
 }
 
 /// Equality of two JSON values, leaving out the paths in `ignored` (relative to them).
-fn eq_ignoring(a: &Value, b: &Value, ignored: &[&[String]]) -> bool {
-    if ignored.is_empty() {
-        return a == b;
+fn eq_ignoring<'a>(a: Raw<'a>, b: Raw<'a>, ignored: &[&[String]]) -> bool {
+    if a.text() == b.text() {
+        return true;
     }
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+    let sub = |key: &str| -> Option<Vec<&[String]>> {
+        let sub: Vec<&[String]> = ignored
+            .iter()
+            .filter(|p| p.first().map(String::as_str) == Some(key))
+            .map(|p| &p[1..])
+            .collect();
+        // A path that ends here ignores the whole member.
+        (!sub.iter().any(|p| p.is_empty())).then_some(sub)
+    };
+    match (a.text().as_bytes().first(), b.text().as_bytes().first()) {
+        (Some(b'{'), Some(b'{')) => {
+            let x = a.entries();
+            let y = b.entries();
+            fn find<'a>(m: &[(std::borrow::Cow<'a, str>, Raw<'a>)], k: &str) -> Option<Raw<'a>> {
+                m.iter().rev().find(|(key, _)| key == k).map(|(_, v)| *v)
+            }
+            let keys = x
+                .iter()
+                .map(|(k, _)| k)
+                .chain(y.iter().map(|(k, _)| k).filter(|k| find(&x, k).is_none()));
             for key in keys {
-                let sub: Vec<&[String]> = ignored
-                    .iter()
-                    .filter(|p| p.first() == Some(key))
-                    .map(|p| &p[1..])
-                    .collect();
-                if sub.iter().any(|p| p.is_empty()) {
+                let Some(sub) = sub(key) else {
                     continue;
-                }
-                match (x.get(key), y.get(key)) {
+                };
+                match (find(&x, key), find(&y, key)) {
                     (Some(u), Some(v)) => {
                         if !eq_ignoring(u, v, &sub) {
                             return false;
@@ -117,52 +119,53 @@ fn eq_ignoring(a: &Value, b: &Value, ignored: &[&[String]]) -> bool {
             }
             true
         }
-        (Value::Array(x), Value::Array(y)) => {
+        (Some(b'['), Some(b'[')) => {
+            let x = a.items();
+            let y = b.items();
             x.len() == y.len()
-                && x.iter().zip(y).enumerate().all(|(i, (u, v))| {
-                    let idx = i.to_string();
-                    let sub: Vec<&[String]> = ignored
-                        .iter()
-                        .filter(|p| p.first() == Some(&idx))
-                        .map(|p| &p[1..])
-                        .collect();
-                    sub.iter().any(|p| p.is_empty()) || eq_ignoring(u, v, &sub)
+                && x.iter().zip(&y).enumerate().all(|(i, (u, v))| {
+                    sub(&i.to_string()).is_none_or(|sub| eq_ignoring(*u, *v, &sub))
                 })
         }
-        _ => a == b,
+        // Scalars, or values of different types: compare as values (a string with escapes
+        // equals its unescaped twin).
+        _ => a.to_value() == b.to_value(),
     }
 }
 
 /// The pod spec inside a workload object: `spec` of a Pod, `spec.template.spec` of a
 /// Deployment, StatefulSet, DaemonSet, ReplicaSet or Job, `spec.jobTemplate.spec.template.spec`
 /// of a CronJob.
-fn pod_spec(data: &Value) -> Option<&Value> {
-    let spec = data.get("spec")?;
-    if let Some(s) = spec.pointer("/template/spec") {
+fn pod_spec<'a>(obj: &Object<'a>) -> Option<Raw<'a>> {
+    let spec = obj.spec?;
+    let [template, job_template, containers] =
+        spec.fields(["template", "jobTemplate", "containers"]);
+    if let Some(s) = template.and_then(|t| t.get("spec")) {
         return Some(s);
     }
-    if let Some(s) = spec.pointer("/jobTemplate/spec/template/spec") {
+    if let Some(s) = job_template.and_then(|t| t.pointer(&["spec", "template", "spec"])) {
         return Some(s);
     }
-    spec.get("containers").map(|_| spec)
+    containers.map(|_| spec)
 }
 
-/// `(container, image)` of the init containers and containers, in order.
-fn images_of(obj: Option<&DynamicObject>) -> Vec<(String, String)> {
-    let Some(spec) = obj.and_then(|o| pod_spec(&o.data)) else {
+/// `(container, image)` of the init containers and containers, in order. Reads only the
+/// containers' name and image.
+fn images_of(obj: Option<&Object<'_>>) -> Vec<(String, String)> {
+    let Some(spec) = obj.and_then(pod_spec) else {
         return Vec::new();
     };
+    let [init, main] = spec.fields(["initContainers", "containers"]);
     let mut out = Vec::new();
-    for list in ["initContainers", "containers"] {
-        for c in spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-            if let Some(image) = c.get("image").and_then(Value::as_str) {
-                out.push((name.to_owned(), image.to_owned()));
+    for list in [init, main].into_iter().flatten() {
+        for c in list.items() {
+            let [name, image] = c.fields(["name", "image"]);
+            let name = name.and_then(Raw::as_str);
+            if let Some(image) = image.and_then(Raw::as_str) {
+                out.push((
+                    name.as_deref().unwrap_or("?").to_owned(),
+                    image.into_owned(),
+                ));
             }
         }
     }
@@ -170,7 +173,7 @@ fn images_of(obj: Option<&DynamicObject>) -> Vec<(String, String)> {
 }
 
 /// Images of the new object paired by container name with the old object's.
-pub fn images(req: &AdmissionRequest<DynamicObject>) -> Vec<ImageChange> {
+pub fn images(req: &Review<'_>) -> Vec<ImageChange> {
     let new = images_of(req.object.as_ref());
     let old = images_of(req.old_object.as_ref());
     let mut out: Vec<ImageChange> = new
@@ -196,20 +199,20 @@ pub fn images(req: &AdmissionRequest<DynamicObject>) -> Vec<ImageChange> {
 
 /// `spec.replicas` of the new and old object, for kinds that have it (a missing value on a
 /// workload is the API default of 1; on a Scale it means 0).
-pub fn replicas(req: &AdmissionRequest<DynamicObject>) -> Option<Change<i64>> {
-    let scale = req.sub_resource.as_deref() == Some("scale") || req.kind.kind == "Scale";
+pub fn replicas(req: &Review<'_>) -> Option<Change<i64>> {
+    let scale = req.is_scale();
     let workload = matches!(
-        req.kind.kind.as_str(),
+        req.kind.kind.as_ref(),
         "Deployment" | "StatefulSet" | "ReplicaSet" | "ReplicationController"
     );
     if !scale && !workload {
         return None;
     }
-    let count = |o: Option<&DynamicObject>| {
+    let count = |o: Option<&Object<'_>>| {
         o.map(|o| {
-            o.data
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
+            o.spec
+                .and_then(|s| s.get("replicas"))
+                .and_then(Raw::as_i64)
                 .unwrap_or(if scale { 0 } else { 1 })
         })
     };
@@ -226,13 +229,14 @@ mod tests {
     use crate::admission::testing::request;
     use crate::notify::settings::DEFAULT_IGNORED_UPDATE_FIELDS;
     use rstest::rstest;
+    use serde_json::Value;
     use serde_json::json;
 
     fn deployment(meta: Value, spec: Value, status: Value) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec, "status": status})
     }
 
-    fn update(old: Value, new: Value) -> AdmissionRequest<DynamicObject> {
+    fn update(old: Value, new: Value) -> Review<'static> {
         request(json!({
             "uid": "u", "operation": "UPDATE", "name": "web", "namespace": "app",
             "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},

@@ -1,8 +1,7 @@
 //! Notification rules, written in policy files under `notifications:`: which events, which
 //! requests (a `match` block as policies have), which channels and recipients.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
+use crate::admission::Review;
 use serde::Deserialize;
 
 use crate::policy::LoadError;
@@ -96,7 +95,7 @@ pub struct NotifyRule {
 
 impl NotifyRule {
     /// Whether the rule applies to this request for any of `events`.
-    pub fn fires(&self, req: &AdmissionRequest<DynamicObject>, events: &[EventKind]) -> bool {
+    pub fn fires(&self, req: &Review<'_>, events: &[EventKind]) -> bool {
         self.events.iter().any(|e| events.contains(e)) && self.matcher.matches(req)
     }
 }

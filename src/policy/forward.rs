@@ -23,14 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{EvalOptions, Kind, LoadError, Outcome, Policy};
-use crate::admission::{V1, describe_object};
+use super::{Check, Eval, EvalCtx, EvalOptions, LoadContext, LoadError, Outcome, Policy};
+use crate::admission::{Review, describe_object};
 
 /// Largest answer read from the endpoint; a longer one is a failure.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -403,18 +401,16 @@ impl Forward {
     }
 
     /// Sends the review and returns the endpoint's verdict, or why there is none.
-    async fn call(&self, req: &AdmissionRequest<DynamicObject>) -> Result<Verdict, String> {
-        let api_version = if req.types.api_version.is_empty() {
-            V1
-        } else {
-            req.types.api_version.as_str()
-        };
-        let body = serde_json::to_vec(&serde_json::json!({
-            "apiVersion": api_version,
-            "kind": "AdmissionReview",
-            "request": req,
-        }))
-        .map_err(|e| format!("cannot encode the review: {e}"))?;
+    async fn call(&self, req: &Review<'_>) -> Result<Verdict, String> {
+        // The request goes on as it came, without being decoded and encoded again.
+        let request = req
+            .request_json()
+            .ok_or("cannot encode the review: the request is unreadable")?;
+        let body = format!(
+            r#"{{"apiVersion":"{}","kind":"AdmissionReview","request":{}}}"#,
+            req.api_version,
+            request.text()
+        );
         let mut request = self
             .client
             .post(self.url.clone())
@@ -455,7 +451,7 @@ impl Forward {
     pub(crate) async fn evaluate(
         &self,
         policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &Review<'_>,
         opts: &EvalOptions,
     ) -> Outcome {
         if opts.offline {
@@ -513,6 +509,22 @@ impl Forward {
     }
 }
 
+/// The [`super::Loader`] of `forward`.
+pub(crate) fn load(
+    params: serde_yaml::Value,
+    _ctx: &LoadContext,
+) -> Result<Arc<dyn Check>, String> {
+    Ok(Arc::new(Forward::from_params(params)?))
+}
+
+impl Check for Forward {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Pending(Box::pin(Forward::evaluate(
+            self, ctx.policy, ctx.review, ctx.opts,
+        )))
+    }
+}
+
 /// Start-time checks for `serve`: every header file and variable of every `forward` policy
 /// can be read now, and the forward timeouts together stay below `request_timeout` (the
 /// policies run one after another, and past `request_timeout` the webhook answers 503, so a
@@ -521,7 +533,7 @@ pub(crate) fn preflight(policies: &[Policy], request_timeout: Duration) -> Resul
     let mut total = Duration::ZERO;
     let mut last = None;
     for p in policies {
-        let Kind::Forward(f) = &p.kind else {
+        let Some(f) = p.kind.downcast::<Forward>() else {
             continue;
         };
         for h in &f.headers {

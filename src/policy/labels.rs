@@ -2,12 +2,11 @@
 //! the object and/or on its pod template. The checking is shared with `annotations` in
 //! `required_keys.rs`.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
 
-use super::Outcome;
 use super::required_keys::{Field, RequiredKeys};
+use super::{Check, Eval, EvalCtx, Outcome, Params};
+use crate::admission::Review;
 
 /// `params` of a `labels` policy.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +20,19 @@ impl Labels {
     }
 
     /// Evaluates the request's new object (DELETE and CONNECT pass).
-    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
+    pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
         self.0.evaluate(Field::Labels, policy, req)
+    }
+}
+
+impl Params for Labels {
+    fn validate(&mut self) -> Result<(), String> {
+        Labels::validate(self)
+    }
+}
+
+impl Check for Labels {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Done(Labels::evaluate(self, ctx.policy, ctx.review))
     }
 }

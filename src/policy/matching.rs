@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::admission::Operation;
+
+use crate::admission::Review;
 use serde::Deserialize;
 
 /// Built-in Kubernetes API groups whose names have no dot, so `apps/deployments` can be told
@@ -253,7 +254,7 @@ impl Matcher {
     }
 
     /// Whether the request falls under this block.
-    pub fn matches(&self, req: &AdmissionRequest<DynamicObject>) -> bool {
+    pub fn matches(&self, req: &Review<'_>) -> bool {
         if !self.operations.iter().any(|o| o.matches(&req.operation)) {
             return false;
         }
@@ -285,11 +286,8 @@ impl Matcher {
         }
         if let Some(sel) = &self.selector {
             let obj = req.object.as_ref().or(req.old_object.as_ref());
-            let empty = BTreeMap::new();
-            let labels = obj
-                .and_then(|o| o.metadata.labels.as_ref())
-                .unwrap_or(&empty);
-            if !selector_matches(sel, labels) {
+            let label = |key: &str| obj.and_then(|o| o.label(key));
+            if !selector_matches(sel, label) {
                 return false;
             }
         }
@@ -319,12 +317,17 @@ pub fn namespace_matches(pattern: &str, ns: &str) -> bool {
     }
 }
 
-fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+fn selector_matches<'a>(
+    sel: &LabelSelector,
+    label: impl Fn(&str) -> Option<std::borrow::Cow<'a, str>>,
+) -> bool {
     sel.match_labels
         .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
+        .all(|(k, v)| label(k).as_deref() == Some(v.as_str()))
         && sel.match_expressions.iter().all(|e| {
-            let value = labels.get(&e.key);
+            let value = label(&e.key);
+            let value = value.as_ref().map(|v| v.to_string());
+            let value = value.as_ref();
             match e.operator {
                 LabelOperator::In => value.is_some_and(|v| e.values.contains(v)),
                 LabelOperator::NotIn => value.is_none_or(|v| !e.values.contains(v)),
@@ -384,7 +387,7 @@ mod tests {
         op: &str,
         sub: Option<&str>,
         labels: serde_json::Value,
-    ) -> AdmissionRequest<DynamicObject> {
+    ) -> crate::admission::Review<'static> {
         request(json!({
             "uid": "u1",
             "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},

@@ -4,13 +4,13 @@
 //! Admitting the request consumes the token, exactly once across every replica sharing the
 //! store; a `dryRun` request only checks it.
 
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, Operation};
-use serde::Deserialize;
-use serde_json::Value;
+use std::sync::Arc;
 
-use super::{EvalOptions, Outcome};
-use crate::admission::{describe_object, object_name};
+use kube::core::admission::Operation;
+use serde::Deserialize;
+
+use super::{Check, Eval, EvalCtx, EvalOptions, LoadContext, Outcome};
+use crate::admission::{Raw, Review, describe_object, object_name};
 use crate::store::{self, TokenRecord, TokenStoreSlot, UsedBy, Verdict};
 
 /// The annotation read when `params.annotation` is not set.
@@ -72,12 +72,7 @@ impl OneTimeToken {
     }
 
     /// Checks (and, unless `dryRun`, consumes) the request's token.
-    pub async fn evaluate(
-        &self,
-        policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
-        opts: &EvalOptions,
-    ) -> Outcome {
+    pub async fn evaluate(&self, policy: &str, req: &Review<'_>, opts: &EvalOptions) -> Outcome {
         self.evaluate_with(policy, req, opts, true).await
     }
 
@@ -86,7 +81,7 @@ impl OneTimeToken {
     pub async fn evaluate_with(
         &self,
         policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
+        req: &Review<'_>,
         opts: &EvalOptions,
         may_consume: bool,
     ) -> Outcome {
@@ -108,17 +103,15 @@ impl OneTimeToken {
             && req
                 .old_object
                 .as_ref()
-                .is_some_and(|old| same_except_status(&obj.data, &old.data))
+                .is_some_and(|old| same_except_status(obj.raw, old.raw))
         {
             return Outcome::Pass;
         }
         let key = &self.params.annotation;
-        let token = obj
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(key))
-            .map(|v| v.trim())
+        let annotation = obj.annotation(key);
+        let token = annotation
+            .as_deref()
+            .map(str::trim)
             .filter(|v| !v.is_empty());
         let Some(token) = token else {
             metrics.count("missing");
@@ -139,14 +132,19 @@ impl OneTimeToken {
         } else {
             let ns = namespace.unwrap_or("");
             let by = UsedBy {
-                user: req.user_info.username.clone().unwrap_or_default(),
-                kind: req.kind.kind.clone(),
+                user: req
+                    .user_info
+                    .username
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_owned(),
+                kind: req.kind.kind.clone().into_owned(),
                 object: if ns.is_empty() {
-                    object_name(req)
+                    object_name(req).into_owned()
                 } else {
                     format!("{ns}/{}", object_name(req))
                 },
-                uid: req.uid.clone(),
+                uid: req.uid.clone().into_owned(),
             };
             tokens.consume(token, namespace, now, &by).await
         };
@@ -172,7 +170,7 @@ impl OneTimeToken {
         }
     }
 
-    fn unavailable(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
+    fn unavailable(&self, policy: &str, req: &Review<'_>) -> Outcome {
         self.store.metrics().count("store_unavailable");
         match self.params.on_store_error {
             OnStoreError::Deny => Outcome::Violation(format!(
@@ -187,13 +185,31 @@ impl OneTimeToken {
     }
 }
 
+/// The [`super::Loader`] of `one-time-token`: the store comes from the load context.
+pub(crate) fn load(params: serde_yaml::Value, ctx: &LoadContext) -> Result<Arc<dyn Check>, String> {
+    Ok(Arc::new(OneTimeToken::new(
+        super::typed_params(params)?,
+        ctx.token_store.want(),
+    )?))
+}
+
+impl Check for OneTimeToken {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Pending(Box::pin(self.evaluate_with(
+            ctx.policy,
+            ctx.review,
+            ctx.opts,
+            ctx.may_consume,
+        )))
+    }
+
+    fn consumes(&self) -> bool {
+        true
+    }
+}
+
 /// The deny message for a token that cannot be used. It names the token by id, never by value.
-fn refusal(
-    policy: &str,
-    req: &AdmissionRequest<DynamicObject>,
-    key: &str,
-    verdict: &Verdict,
-) -> String {
+fn refusal(policy: &str, req: &Review<'_>, key: &str, verdict: &Verdict) -> String {
     let obj = describe_object(req);
     let carries = |r: &TokenRecord| format!("{obj} carries token #{} (annotation {key})", r.id);
     match verdict {
@@ -236,18 +252,22 @@ fn refusal(
 
 /// Whether two objects' bodies (everything but apiVersion, kind and metadata) are equal,
 /// ignoring `status`.
-fn same_except_status(new: &Value, old: &Value) -> bool {
-    match (new.as_object(), old.as_object()) {
-        (Some(a), Some(b)) => {
-            let fields = |m: &serde_json::Map<String, Value>| {
-                m.keys().filter(|k| k.as_str() != "status").count()
-            };
-            fields(a) == fields(b)
-                && a.iter()
-                    .filter(|(k, _)| k.as_str() != "status")
-                    .all(|(k, v)| b.get(k) == Some(v))
+fn same_except_status(new: Raw<'_>, old: Raw<'_>) -> bool {
+    const NOT_BODY: [&str; 4] = ["apiVersion", "kind", "metadata", "status"];
+    let body = |o: Raw<'_>| -> Option<Vec<(String, serde_json::Value)>> {
+        let serde_json::Value::Object(mut m) = o.to_value() else {
+            return None;
+        };
+        m.retain(|k, _| !NOT_BODY.contains(&k.as_str()));
+        Some(m.into_iter().collect())
+    };
+    match (body(new), body(old)) {
+        (Some(mut a), Some(mut b)) => {
+            a.sort_by(|x, y| x.0.cmp(&y.0));
+            b.sort_by(|x, y| x.0.cmp(&y.0));
+            a == b
         }
-        _ => new == old,
+        _ => new.to_value() == old.to_value(),
     }
 }
 
@@ -356,7 +376,7 @@ mod tests {
         token: Option<&str>,
         replicas: i64,
         old_replicas: i64,
-    ) -> AdmissionRequest<DynamicObject> {
+    ) -> crate::admission::Review<'static> {
         let mut meta = json!({"name": "web", "namespace": "app-ns"});
         if let Some(t) = token {
             meta["annotations"] = json!({"gatehouse.dev/token": t});

@@ -11,12 +11,14 @@
 //! | Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job | `spec.template` |
 //! | CronJob | `spec.jobTemplate.spec.template` |
 //!
-//! Objects are walked as JSON so a half-valid manifest (in `gatehouse check`) is still judged
+//! Objects are read from their raw JSON: only the template's metadata and the containers'
+//! name, image, ports and resources are looked at, everything else (env, volumes, …) is
+//! skipped without being built. A half-valid manifest (in `gatehouse check`) is still judged
 //! on what it has instead of failing to decode.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
-use serde_json::Value;
+use std::borrow::Cow;
+
+use crate::admission::{Object, Raw};
 
 /// The three lists of containers a pod spec has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,122 +59,132 @@ impl Section {
 }
 
 /// One container of a pod spec.
+/// One container of a pod spec: its name and image, and the raw parts kinds may read.
 #[derive(Debug, Clone)]
 pub(crate) struct Container<'a> {
     /// Which list it is in.
     pub(crate) section: Section,
-    /// Its `name` (`#N` when it has none, N counted from 1).
-    pub(crate) name: std::borrow::Cow<'a, str>,
-    /// The container object.
-    pub(crate) spec: &'a Value,
-}
-
-impl Container<'_> {
-    /// `container web`, `initContainer migrate`.
-    pub(crate) fn label(&self) -> String {
-        format!("{} {}", self.section.singular(), self.name)
-    }
-
-    /// The `image` field, when it is a string.
-    pub(crate) fn image(&self) -> Option<&str> {
-        self.spec.get("image").and_then(Value::as_str)
-    }
+    /// `name`, or `#N` (its position in the list) when it has none.
+    pub(crate) name: Cow<'a, str>,
+    /// `image`, when it is a string.
+    image: Option<Cow<'a, str>>,
+    /// `ports`.
+    pub(crate) ports: Option<Raw<'a>>,
+    /// `resources`.
+    pub(crate) resources: Option<Raw<'a>>,
 }
 
 impl<'a> Container<'a> {
-    fn new(section: Section, index: usize, spec: &'a Value) -> Self {
-        let name = match spec.get("name").and_then(Value::as_str) {
-            Some(n) if !n.is_empty() => std::borrow::Cow::Borrowed(n),
-            _ => std::borrow::Cow::Owned(format!("#{}", index + 1)),
+    fn read(section: Section, index: usize, raw: Raw<'a>) -> Self {
+        let [name, image, ports, resources] = raw.fields(["name", "image", "ports", "resources"]);
+        let name = match name.and_then(Raw::as_str) {
+            Some(n) if !n.is_empty() => n,
+            _ => Cow::Owned(format!("#{}", index + 1)),
         };
         Self {
             section,
             name,
-            spec,
+            image: image.and_then(Raw::as_str),
+            ports,
+            resources,
         }
+    }
+
+    /// `container web`, `initContainer #2`.
+    pub(crate) fn label(&self) -> String {
+        format!("{} {}", self.section.singular(), self.name)
+    }
+
+    /// The image, when it is a string.
+    pub(crate) fn image(&self) -> Option<&str> {
+        self.image.as_deref()
     }
 }
 
-/// The pod template of an object: the metadata and spec its Pods get.
-#[derive(Debug, Clone, Copy)]
+/// The pod template of a workload (or the Pod itself): its metadata and the parts of its
+/// spec the kinds read, taken from the raw object once per review.
+#[derive(Debug, Clone)]
 pub(crate) struct PodTemplate<'a> {
-    /// The template's `metadata` (for a Pod, `None`: its metadata is the object's own).
-    pub(crate) metadata: Option<&'a Value>,
-    /// The pod spec.
-    pub(crate) spec: &'a Value,
-    /// Whether the object is a Pod (its template is itself).
+    /// The template's `metadata` (for a Pod: none; its own metadata is the object's).
+    pub(crate) metadata: Option<Raw<'a>>,
+    /// True for a Pod, false for a template inside a workload.
     pub(crate) is_pod: bool,
+    /// `spec.hostNetwork`.
+    host_network: bool,
+    /// Every container, init containers first, then containers, then ephemeral ones.
+    containers: Vec<Container<'a>>,
 }
 
 impl<'a> PodTemplate<'a> {
-    /// Finds the pod template of an object of `kind` whose fields other than `metadata` are
-    /// `data` (a [`DynamicObject`]'s `data`). `None` for kinds that have none.
-    pub(crate) fn of(kind: &str, data: &'a Value) -> Option<Self> {
-        let template = |t: &'a Value| -> Option<Self> {
-            Some(Self {
-                metadata: t.get("metadata"),
-                spec: t.get("spec")?,
-                is_pod: false,
-            })
-        };
-        match kind {
-            "Pod" => Some(Self {
-                metadata: None,
-                spec: data.get("spec")?,
-                is_pod: true,
-            }),
-            "PodTemplate" => template(data.get("template")?),
+    /// The pod template of an object of `kind`, if that kind carries one.
+    pub(crate) fn of(kind: &str, obj: &Object<'a>) -> Option<Self> {
+        let (metadata, spec, is_pod) = match kind {
+            "Pod" => (None, obj.spec?, true),
+            "PodTemplate" => {
+                let [m, s] = obj.template?.fields(["metadata", "spec"]);
+                (m, s?, false)
+            }
             "Deployment"
             | "StatefulSet"
             | "DaemonSet"
             | "ReplicaSet"
             | "ReplicationController"
-            | "Job" => template(data.get("spec")?.get("template")?),
-            "CronJob" => template(
-                data.get("spec")?
-                    .get("jobTemplate")?
-                    .get("spec")?
-                    .get("template")?,
-            ),
-            _ => None,
+            | "Job" => {
+                let [m, s] = obj.spec?.get("template")?.fields(["metadata", "spec"]);
+                (m, s?, false)
+            }
+            "CronJob" => {
+                let [m, s] = obj
+                    .spec?
+                    .pointer(&["jobTemplate", "spec", "template"])?
+                    .fields(["metadata", "spec"]);
+                (m, s?, false)
+            }
+            _ => return None,
+        };
+        let [init, main, ephemeral, host_network] = spec.fields([
+            Section::ALL[0].field(),
+            Section::ALL[1].field(),
+            Section::ALL[2].field(),
+            "hostNetwork",
+        ]);
+        let mut containers = Vec::new();
+        for (section, list) in Section::ALL.into_iter().zip([init, main, ephemeral]) {
+            if let Some(list) = list {
+                containers.extend(
+                    list.items()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, c)| Container::read(section, i, c)),
+                );
+            }
         }
-    }
-
-    /// The pod template of the request's new object (`None` on DELETE and CONNECT, for kinds
-    /// without one, and for subresources such as `scale` whose object is not the workload).
-    pub(crate) fn of_request(req: &'a AdmissionRequest<DynamicObject>) -> Option<Self> {
-        let obj = req.object.as_ref()?;
-        Self::of(&req.kind.kind, &obj.data)
-    }
-
-    /// Every container in `sections`, in that order.
-    pub(crate) fn containers_in(
-        &self,
-        sections: &'a [Section],
-    ) -> impl Iterator<Item = Container<'a>> + 'a {
-        let spec = self.spec;
-        sections.iter().flat_map(move |&section| {
-            spec.get(section.field())
-                .and_then(Value::as_array)
-                .map(|list| list.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .map(move |(i, c)| Container::new(section, i, c))
+        Some(Self {
+            metadata,
+            is_pod,
+            host_network: host_network.and_then(Raw::as_bool).unwrap_or(false),
+            containers,
         })
     }
 
-    /// Every container: init containers, containers, ephemeral containers.
-    pub(crate) fn containers(&self) -> impl Iterator<Item = Container<'a>> + 'a {
-        self.containers_in(&Section::ALL)
+    /// The containers in `sections`, in the order of `sections`.
+    pub(crate) fn containers_in<'s>(
+        &'s self,
+        sections: &'s [Section],
+    ) -> impl Iterator<Item = &'s Container<'a>> + 's {
+        sections
+            .iter()
+            .flat_map(move |&s| self.containers.iter().filter(move |c| c.section == s))
+    }
+
+    /// Every container, init containers first.
+    pub(crate) fn containers(&self) -> impl Iterator<Item = &Container<'a>> {
+        self.containers.iter()
     }
 
     /// `spec.hostNetwork`.
     pub(crate) fn host_network(&self) -> bool {
-        self.spec
-            .get("hostNetwork")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.host_network
     }
 }
 
@@ -188,12 +200,14 @@ pub(crate) fn join_and(items: &[String]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::admission::Review;
     use crate::admission::testing::request;
     use rstest::rstest;
+    use serde_json::Value;
     use serde_json::json;
 
     /// A review request for `object` (a whole manifest) created in namespace `app-ns`.
-    pub(crate) fn create(object: Value) -> AdmissionRequest<DynamicObject> {
+    pub(crate) fn create(object: Value) -> Review<'static> {
         let kind = object["kind"].as_str().unwrap_or("Pod").to_owned();
         let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_owned();
         let (group, version) = match api_version.split_once('/') {
@@ -268,7 +282,7 @@ pub(crate) mod tests {
         });
         for obj in all_kinds(spec) {
             let req = create(obj.clone());
-            let t = PodTemplate::of_request(&req).unwrap_or_else(|| panic!("{obj}"));
+            let t = req.pod_template().unwrap_or_else(|| panic!("{obj}"));
             let seen: Vec<_> = t
                 .containers()
                 .map(|c| (c.label(), c.image().unwrap_or("").to_owned()))
@@ -294,14 +308,14 @@ pub(crate) mod tests {
     #[case::scale(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "d"}, "spec": {"replicas": 1}}))]
     fn objects_without_a_pod_template(#[case] obj: Value) {
         let req = create(obj);
-        assert!(PodTemplate::of_request(&req).is_none());
+        assert!(req.pod_template().is_none());
     }
 
     #[test]
     fn section_subsets_and_odd_shapes() {
         let spec = json!({"containers": "not a list", "initContainers": [{"name": "i"}]});
-        let d = deployment(spec);
-        let t = PodTemplate::of("Deployment", &d).unwrap();
+        let req = create(deployment(spec));
+        let t = req.pod_template().unwrap();
         let names: Vec<_> = t
             .containers_in(&[Section::Containers, Section::InitContainers])
             .map(|c| c.label())

@@ -5,15 +5,13 @@
 //! `containerPort` is also checked against `hostPorts` (the API server sets `hostPort` to the
 //! `containerPort` in that case).
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::Outcome;
 use super::exempt::ExemptImages;
-use super::podspec::{PodTemplate, join_and};
+use super::podspec::join_and;
+use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::describe_object;
+use crate::admission::{Raw, Review};
 
 /// `params` of a `ports` policy. An unset list leaves that kind of port unrestricted; an empty
 /// list allows none.
@@ -124,8 +122,8 @@ impl Ports {
     }
 
     /// Evaluates the ports of every container of the request's Pod or pod template.
-    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
-        let Some(template) = PodTemplate::of_request(req) else {
+    pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
+        let Some(template) = req.pod_template() else {
             return Outcome::Pass;
         };
         let host_network = template.host_network();
@@ -137,15 +135,17 @@ impl Ports {
             if self.exempt_images.covers(c.image()) {
                 continue;
             }
-            let Some(ports) = c.spec.get("ports").and_then(Value::as_array) else {
+            let Some(ports) = c.ports else {
                 continue;
             };
-            for p in ports {
-                let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-                let container_port = p.get("containerPort").and_then(Value::as_i64);
-                let host_port = p
-                    .get("hostPort")
-                    .and_then(Value::as_i64)
+            for p in ports.items() {
+                let [protocol, container_port, host_port_raw] =
+                    p.fields(["protocol", "containerPort", "hostPort"]);
+                let protocol = protocol.and_then(Raw::as_str);
+                let protocol = protocol.as_deref().unwrap_or("TCP");
+                let container_port = container_port.and_then(Raw::as_i64);
+                let host_port = host_port_raw
+                    .and_then(Raw::as_i64)
                     .filter(|&h| h != 0)
                     .or(if host_network { container_port } else { None });
                 if let (Some(allowed), Some(port)) = (&self.container_ports, container_port)
@@ -156,7 +156,7 @@ impl Ports {
                 if let (Some(allowed), Some(port)) = (&self.host_ports, host_port)
                     && !allowed.iter().any(|r| r.contains(port))
                 {
-                    let how = if host_network && p.get("hostPort").is_none() {
+                    let how = if host_network && host_port_raw.is_none() {
                         " (hostNetwork)"
                     } else {
                         ""
@@ -184,12 +184,24 @@ impl Ports {
     }
 }
 
+impl Params for Ports {
+    fn validate(&mut self) -> Result<(), String> {
+        Ports::validate(self)
+    }
+}
+
+impl Check for Ports {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Done(Ports::evaluate(self, ctx.policy, ctx.review))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::podspec::tests::{create, cronjob, deployment, pod};
     use rstest::rstest;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn policy(yaml: &str) -> Ports {
         let p: Ports = serde_yaml::from_str(yaml).unwrap();

@@ -11,14 +11,13 @@
 //! `myregistry.io.evil.com/app` and `myregistry.io:5000/app` do not pass for `myregistry.io`,
 //! and `ghcr.io/acme-evil/app` does not pass for `ghcr.io/acme`.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use oci_spec::distribution::Reference;
 use serde::Deserialize;
 
-use super::Outcome;
 use super::exempt::ExemptImages;
-use super::podspec::{PodTemplate, join_and};
+use super::podspec::join_and;
+use super::{Check, Eval, EvalCtx, Outcome, Params};
+use crate::admission::Review;
 use crate::admission::describe_object;
 
 /// `params` of a `registries` policy.
@@ -232,8 +231,8 @@ impl Registries {
     }
 
     /// Evaluates every container image of the request's Pod or pod template.
-    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
-        let Some(template) = PodTemplate::of_request(req) else {
+    pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
+        let Some(template) = req.pod_template() else {
             return Outcome::Pass;
         };
         let mut problems = Vec::new();
@@ -275,6 +274,18 @@ fn is_image_id(image: &str) -> bool {
     match lower.split_once(':') {
         Some((algo, rest)) if !algo.contains('/') && algo.starts_with("sha") => hex(rest),
         _ => lower.len() == 64 && hex(&lower),
+    }
+}
+
+impl Params for Registries {
+    fn validate(&mut self) -> Result<(), String> {
+        Registries::validate(self)
+    }
+}
+
+impl Check for Registries {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Done(Registries::evaluate(self, ctx.policy, ctx.review))
     }
 }
 

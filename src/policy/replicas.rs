@@ -1,13 +1,11 @@
 //! Policy kind `replicas`: a minimum (and optional maximum) replica count for Deployments,
 //! StatefulSets, ReplicaSets and their `scale` subresource.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
 
-use super::Outcome;
 use super::matching::Matcher;
-use crate::admission::{describe_object, plural};
+use super::{Check, Eval, EvalCtx, Outcome, Params};
+use crate::admission::{Review, describe_object, plural};
 
 /// The resources whose objects have replicas (Kubernetes 1.33), as `(group, resource)`; each
 /// also has a `scale` subresource.
@@ -62,7 +60,7 @@ impl Replicas {
 
     /// Evaluates the request's object (the new one; DELETE and CONNECT pass). Only objects
     /// that have replicas are judged (see [`REPLICATED`]); a DaemonSet, Pod or Service passes.
-    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
+    pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
         let sub = req.sub_resource.as_deref();
         if !replicated(&req.resource.group, &req.resource.resource, sub) {
             return Outcome::Pass;
@@ -70,8 +68,9 @@ impl Replicas {
         let Some(obj) = req.object.as_ref() else {
             return Outcome::Pass;
         };
-        let is_scale = req.sub_resource.as_deref() == Some("scale") || req.kind.kind == "Scale";
-        let (count, unset) = match obj.data.get("spec").and_then(|s| s.get("replicas")) {
+        let is_scale = req.is_scale();
+        // Only `spec.replicas` is read; the rest of the object is skipped.
+        let (count, unset) = match obj.spec.and_then(|s| s.get("replicas")) {
             Some(v) => match v.as_i64() {
                 Some(n) => (n, false),
                 None => {
@@ -112,6 +111,18 @@ impl Replicas {
     }
 }
 
+impl Params for Replicas {
+    fn validate(&mut self) -> Result<(), String> {
+        Replicas::validate(self)
+    }
+}
+
+impl Check for Replicas {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Done(Replicas::evaluate(self, ctx.policy, ctx.review))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +130,7 @@ mod tests {
     use rstest::rstest;
     use serde_json::{Value, json};
 
-    fn deployment(replicas: Value) -> AdmissionRequest<DynamicObject> {
+    fn deployment(replicas: Value) -> Review<'static> {
         let mut spec = json!({"template": {}});
         if !replicas.is_null() {
             spec["replicas"] = replicas;
@@ -134,7 +145,7 @@ mod tests {
         }))
     }
 
-    fn scale(replicas: Option<i64>) -> AdmissionRequest<DynamicObject> {
+    fn scale(replicas: Option<i64>) -> Review<'static> {
         let spec = match replicas {
             Some(n) => json!({"replicas": n}),
             None => json!({}),

@@ -1,15 +1,12 @@
 //! What the `annotations` and `labels` kinds share: required keys with optional value
 //! patterns, checked on the object's own metadata and/or on its pod template's.
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use regex::Regex;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::Outcome;
-use super::podspec::{PodTemplate, join_and};
-use crate::admission::describe_object;
+use super::podspec::join_and;
+use crate::admission::{Raw, Review, describe_object};
 
 /// Labels or annotations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,14 +98,14 @@ impl RequiredKeys {
         Ok(())
     }
 
-    fn check(&self, field: Field, map: Option<&Value>, place: &str, problems: &mut Vec<String>) {
+    fn check(&self, field: Field, map: Option<Raw<'_>>, place: &str, problems: &mut Vec<String>) {
         for r in &self.required {
             let value = map.and_then(|m| m.get(&r.key));
-            match (value.and_then(Value::as_str), &r.compiled) {
+            match (value.and_then(Raw::as_str), &r.compiled) {
                 (None, _) => {
                     problems.push(format!("{} {} is missing{place}", field.singular(), r.key))
                 }
-                (Some(v), Some(re)) if !re.is_match(v) => problems.push(format!(
+                (Some(v), Some(re)) if !re.is_match(&v) => problems.push(format!(
                     "{} {}{place} is `{v}`, which does not match {}",
                     field.singular(),
                     r.key,
@@ -141,27 +138,15 @@ impl RequiredKeys {
     }
 
     /// Evaluates the request's new object (DELETE and CONNECT pass).
-    pub(crate) fn evaluate(
-        &self,
-        field: Field,
-        policy: &str,
-        req: &AdmissionRequest<DynamicObject>,
-    ) -> Outcome {
+    pub(crate) fn evaluate(&self, field: Field, policy: &str, req: &Review<'_>) -> Outcome {
         let Some(obj) = req.object.as_ref() else {
             return Outcome::Pass;
         };
         let own = match field {
-            Field::Labels => obj.metadata.labels.as_ref(),
-            Field::Annotations => obj.metadata.annotations.as_ref(),
+            Field::Labels => obj.labels,
+            Field::Annotations => obj.annotations,
         };
-        let own = own.map(|m| {
-            Value::Object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect(),
-            )
-        });
-        let template = PodTemplate::of_request(req);
+        let template = req.pod_template();
         let both = self.on.contains(&Target::Object) && self.on.contains(&Target::Template);
         let mut problems = Vec::new();
         if self.on.contains(&Target::Object) {
@@ -170,7 +155,7 @@ impl RequiredKeys {
             } else {
                 ""
             };
-            self.check(field, own.as_ref(), place, &mut problems);
+            self.check(field, own, place, &mut problems);
         }
         if self.on.contains(&Target::Template)
             && let Some(t) = template
@@ -178,7 +163,7 @@ impl RequiredKeys {
             if t.is_pod {
                 // A Pod is its own template: checked once, on its own metadata.
                 if !self.on.contains(&Target::Object) {
-                    self.check(field, own.as_ref(), "", &mut problems);
+                    self.check(field, own, "", &mut problems);
                 }
             } else {
                 let map = t.metadata.and_then(|m| m.get(field.key()));
@@ -202,7 +187,7 @@ mod tests {
     use super::*;
     use crate::policy::podspec::tests::{create, cronjob, deployment, pod};
     use rstest::rstest;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn params(yaml: &str) -> RequiredKeys {
         let mut p: RequiredKeys = serde_yaml::from_str(yaml).unwrap();

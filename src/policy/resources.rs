@@ -8,16 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::DynamicObject;
-use kube::core::admission::AdmissionRequest;
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::Outcome;
 use super::exempt::ExemptImages;
-use super::podspec::{Container, PodTemplate, Section, join_and};
+use super::podspec::{Container, Section, join_and};
 use super::quantity::Quantity;
+use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::describe_object;
+use crate::admission::{Raw, Review};
 
 /// The sections whose containers can have resources.
 const SECTIONS: [Section; 2] = [Section::InitContainers, Section::Containers];
@@ -120,8 +118,8 @@ impl Resources {
     }
 
     /// The container's value for `name` in `which`, with requests falling back to limits.
-    fn value<'a>(c: &Container<'a>, which: Which, name: &str) -> Option<&'a Value> {
-        let resources = c.spec.get("resources")?;
+    fn value<'a>(c: &Container<'a>, which: Which, name: &str) -> Option<Raw<'a>> {
+        let resources = c.resources?;
         let get = |w: Which| resources.get(w.field()).and_then(|m| m.get(name));
         match which {
             Which::Limits => get(Which::Limits),
@@ -137,7 +135,7 @@ impl Resources {
             (Which::Limits, &self.limits),
         ] {
             for name in &rules.required {
-                if Self::value(c, which, name).is_none_or(Value::is_null) {
+                if Self::value(c, which, name).is_none_or(Raw::is_null) {
                     missing.push(format!("{name} {}", which.singular()));
                 }
             }
@@ -145,11 +143,10 @@ impl Resources {
                 let Some(raw) = Self::value(c, which, name) else {
                     continue;
                 };
-                let text = match raw {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Null => continue,
-                    other => other.to_string(),
+                let text = match raw.as_str() {
+                    Some(s) => s.into_owned(),
+                    None if raw.is_null() => continue,
+                    None => raw.to_value().to_string(),
                 };
                 match Quantity::parse(&text) {
                     Ok(q) if q > *max => {
@@ -195,8 +192,8 @@ impl Resources {
     }
 
     /// Evaluates every (init) container of the request's Pod or pod template.
-    pub fn evaluate(&self, policy: &str, req: &AdmissionRequest<DynamicObject>) -> Outcome {
-        let Some(template) = PodTemplate::of_request(req) else {
+    pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
+        let Some(template) = req.pod_template() else {
             return Outcome::Pass;
         };
         let mut problems = Vec::new();
@@ -204,7 +201,7 @@ impl Resources {
             if self.exempt_images.covers(c.image()) {
                 continue;
             }
-            self.check_container(&c, &mut problems);
+            self.check_container(c, &mut problems);
         }
         if problems.is_empty() {
             return Outcome::Pass;
@@ -218,12 +215,24 @@ impl Resources {
     }
 }
 
+impl Params for Resources {
+    fn validate(&mut self) -> Result<(), String> {
+        Resources::validate(self)
+    }
+}
+
+impl Check for Resources {
+    fn evaluate<'r>(&'r self, ctx: &'r EvalCtx<'r, '_>) -> Eval<'r> {
+        Eval::Done(Resources::evaluate(self, ctx.policy, ctx.review))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::podspec::tests::{create, cronjob, deployment, pod};
     use rstest::rstest;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn policy(yaml: &str) -> Resources {
         let r: Resources = serde_yaml::from_str(yaml).unwrap();
