@@ -338,7 +338,8 @@ impl Notifier {
     ) {
         let Some(s) = &self.inner else { return };
         // Side effects never happen for dry runs (the webhook declares NoneOnDryRun).
-        if req.dry_run || decision.excluded {
+        // Nor for cleanup UPDATEs (a finalizer removed, controller bookkeeping): never notified.
+        if req.dry_run || decision.excluded || decision.cleanup.is_some() {
             return;
         }
         let rules = policies.notifications();

@@ -27,6 +27,7 @@
 
 pub mod annotations;
 mod api_resources;
+pub mod cleanup;
 mod exempt;
 pub mod forward;
 pub mod labels;
@@ -274,6 +275,9 @@ struct RawPolicy {
     description: Option<String>,
     #[serde(default)]
     params: serde_yaml::Value,
+    /// Judge cleanup UPDATEs too (see [`cleanup`]); default false.
+    #[serde(default)]
+    judge_cleanup: bool,
 }
 
 /// A policy ready to evaluate.
@@ -291,6 +295,8 @@ pub struct Policy {
     pub kind: Kind,
     /// The file it came from.
     pub source: String,
+    /// Whether it judges cleanup UPDATEs (`judgeCleanup: true`; see [`cleanup`]).
+    pub judge_cleanup: bool,
 }
 
 /// A policy file (or the embedded defaults) that could not be loaded.
@@ -394,6 +400,7 @@ pub fn parse_file_with(
             matcher,
             kind,
             source: source.to_owned(),
+            judge_cleanup: raw.judge_cleanup,
         });
     }
     let rules = crate::notify::rule::parse_rules(notifications, source)?;
@@ -547,6 +554,9 @@ pub struct Decision {
     pub evaluated: Vec<String>,
     /// Set when the namespace is excluded from every policy.
     pub excluded: bool,
+    /// Set for an UPDATE that is cleanup (see [`cleanup`]): only policies with
+    /// `judgeCleanup: true` judged it, and it is never notified.
+    pub cleanup: Option<cleanup::Cleanup>,
 }
 
 impl Decision {
@@ -671,8 +681,10 @@ impl PolicySet {
         // only check when another policy has already denied the request.
         let plain = self.policies.iter().filter(|p| !p.kind.consumes());
         let consuming = self.policies.iter().filter(|p| p.kind.consumes());
+        decision.cleanup = cleanup::classify(req);
         for policy in plain.chain(consuming) {
-            if !policy.matcher.matches(req) {
+            if (decision.cleanup.is_some() && !policy.judge_cleanup) || !policy.matcher.matches(req)
+            {
                 continue;
             }
             decision.evaluated.push(policy.name.clone());

@@ -370,6 +370,9 @@ pub(crate) fn finding_lines(decision: &Decision, object: &str) -> Vec<String> {
 pub(crate) fn verdict(decision: &Decision) -> &'static str {
     match decision_label(decision) {
         "allowed" if decision.excluded => "allowed (namespace excluded from every policy)",
+        "allowed" if decision.cleanup.is_some() && decision.evaluated.is_empty() => {
+            "allowed (cleanup update: not judged)"
+        }
         "allowed" if decision.evaluated.is_empty() => "allowed (no policy matched)",
         other => other,
     }
@@ -466,6 +469,7 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                         "excluded": d.excluded,
                         "evaluated": d.evaluated,
                         "matched": !d.evaluated.is_empty(),
+                        "cleanup": d.cleanup.map(|c| c.as_str()),
                         "denials": findings_json(&d.denials),
                         "warnings": findings_json(&d.warnings),
                         "audits": findings_json(&d.audits),
