@@ -98,6 +98,34 @@ fn invalid_config_fails_with_one_line_naming_the_key() {
         stderr.contains("max_body_byte") && stderr.contains("gatehouse.yaml"),
         "{stderr}"
     );
+
+    // In the file's own terms: no Rust type names, no doubled backticks.
+    for (text, expected) in [
+        (
+            "lisen: 1\n",
+            "key `lisen`: unknown field `lisen`, expected one of `listen`, ",
+        ),
+        (
+            "notify:\n  concurrency: many\n",
+            "key `notify.concurrency`: expected a whole number of 0 or more, found the text \"many\"",
+        ),
+        (
+            "excluded_namespaces: kube-system\n",
+            "key `excluded_namespaces`: expected a list, found the text \"kube-system\"",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = gatehouse()
+            .args(["--config", file.to_str().unwrap(), "serve"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        for bad in ["``", "usize", "u32", "sequence", "struct "] {
+            assert!(!stderr.contains(bad), "{bad} in {stderr}");
+        }
+    }
 }
 
 #[test]
