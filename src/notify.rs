@@ -338,8 +338,7 @@ impl Notifier {
     ) {
         let Some(s) = &self.inner else { return };
         // Side effects never happen for dry runs (the webhook declares NoneOnDryRun).
-        // Nor for cleanup UPDATEs (a finalizer removed, controller bookkeeping): never notified.
-        if req.dry_run || decision.excluded || decision.cleanup.is_some() {
+        if req.dry_run || decision.excluded {
             return;
         }
         let rules = policies.notifications();
@@ -353,6 +352,18 @@ impl Notifier {
         let mut fired: Vec<&NotifyRule> = rules.iter().filter(|r| r.fires(req, &kinds)).collect();
         if fired.is_empty() {
             return;
+        }
+        // Cleanup UPDATEs are not notified: nothing about an object being deleted (the garbage
+        // collector removing a finalizer, once per retry), and no denial of a bookkeeping-only
+        // UPDATE. Whether a bookkeeping-only UPDATE is `updated` is `ignore_update_fields`' call
+        // below (by default it is not).
+        {
+            use crate::policy::cleanup::{Cleanup, classify};
+            match decision.cleanup.or_else(|| classify(req)) {
+                Some(Cleanup::BeingDeleted) => return,
+                Some(Cleanup::Bookkeeping) if !decision.allowed() => return,
+                _ => {}
+            }
         }
         if kinds.contains(&EventKind::Updated)
             && fired.iter().any(|r| r.events.contains(&EventKind::Updated))

@@ -554,8 +554,8 @@ pub struct Decision {
     pub evaluated: Vec<String>,
     /// Set when the namespace is excluded from every policy.
     pub excluded: bool,
-    /// Set for an UPDATE that is cleanup (see [`cleanup`]): only policies with
-    /// `judgeCleanup: true` judged it, and it is never notified.
+    /// Set for an UPDATE found to be cleanup (see [`cleanup`]; worked out only when a
+    /// matching policy needed to know): only policies with `judgeCleanup: true` judged it.
     pub cleanup: Option<cleanup::Cleanup>,
 }
 
@@ -681,9 +681,16 @@ impl PolicySet {
         // only check when another policy has already denied the request.
         let plain = self.policies.iter().filter(|p| !p.kind.consumes());
         let consuming = self.policies.iter().filter(|p| p.kind.consumes());
-        decision.cleanup = cleanup::classify(req);
+        // Whether the request is a cleanup UPDATE, worked out once a policy needs to know.
+        let mut is_cleanup: Option<Option<cleanup::Cleanup>> = None;
         for policy in plain.chain(consuming) {
-            if (decision.cleanup.is_some() && !policy.judge_cleanup) || !policy.matcher.matches(req)
+            if !policy.matcher.matches(req) {
+                continue;
+            }
+            if !policy.judge_cleanup
+                && is_cleanup
+                    .get_or_insert_with(|| cleanup::classify(req))
+                    .is_some()
             {
                 continue;
             }
@@ -709,6 +716,7 @@ impl PolicySet {
                 },
             }
         }
+        decision.cleanup = is_cleanup.flatten();
         decision
     }
 }

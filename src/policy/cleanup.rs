@@ -52,7 +52,7 @@ const BOOKKEEPING_METADATA: &[&str] = &[
 const CONTROLLER_ANNOTATION_PREFIXES: &[&str] = &["deployment.kubernetes.io/"];
 
 /// Whether the review is an UPDATE that is cleanup, and why.
-pub(crate) fn classify<'a>(req: &Review<'a>) -> Option<Cleanup> {
+pub fn classify<'a>(req: &Review<'a>) -> Option<Cleanup> {
     if req.operation != Operation::Update {
         return None;
     }
@@ -63,6 +63,10 @@ pub(crate) fn classify<'a>(req: &Review<'a>) -> Option<Cleanup> {
     };
     if deleting(new.metadata) || deleting(old.metadata) {
         return Some(Cleanup::BeingDeleted);
+    }
+    // The common change first: a different spec is judged, without walking the rest.
+    if new.spec.map(Raw::text) != old.spec.map(Raw::text) {
+        return None;
     }
     let top = |r: Raw<'a>| content(r, &["status", "metadata"], &[]);
     let meta = |m: Option<Raw<'a>>| {
