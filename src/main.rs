@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let _log_writer = telemetry::init(config.log_format);
     gatehouse::tls::install_default_provider();
     for name in &report.ignored_env {
         tracing::warn!(variable = %name, "ignoring environment variable: not a gatehouse setting");
