@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Load benchmark: the real gatehouse server against the floor (bench/floor.rs: same axum +
 # axum-server + rustls stack answering a fixed review without parsing), both on 127.0.0.1,
-# driven by wrk with bench/post.lua. Prints throughput, p50/p90/p99, RSS before/after, and
-# Gatehouse's throughput as a share of the floor's.
+# driven by wrk with bench/post.lua. Prints throughput, p50/p90/p99, server CPU per admission
+# (utime + stime of each server process over its run, divided by the requests completed), RSS
+# before/after, and Gatehouse's throughput and CPU against the floor's measured in the same run
+# (the machine is shared: compare ratios, not absolute numbers, across runs).
+#
+# MEMORY=1: afterwards, peak RSS (VmHWM, reset before each case) of Gatehouse above idle for
+# each hostile review written by bench/hostile.py (a million one-key maps, a million small
+# numbers, a 3 MiB Deployment with 242 000 env entries), one at a time and three at once, and
+# RSS once each is answered.
 #
 #   bench/load.sh                      # 20 s per run, 32 connections
 #   DURATION=60 SOAK=300 bench/load.sh # 1 minute runs and a 5 minute soak for RSS growth
@@ -39,6 +46,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
 
 # Gatehouse on its embedded defaults (development certificate in a private data dir).
@@ -51,10 +61,16 @@ CERTS="$work/gatehouse/dev-certs"
 pids+=($!); FLOOR_PID=$!
 wait_port "$FLOOR_PORT"
 
-run() { # name port duration [rate]
-  local name=$1 port=$2 dur=$3 rate=${4:-0}
-  BODY_FILE="$BODY" RATE="$rate" CONNS="$CONNS" wrk -t"$THREADS" -c"$CONNS" -d"${dur}s" --latency \
-    -s bench/post.lua "https://127.0.0.1:$port" | awk -v n="$name" '/^RESULT/ {sub(/^RESULT/, n); print}'
+run() { # name port duration [rate] [pid]: with a pid, appends the server's CPU per request
+  local name=$1 port=$2 dur=$3 rate=${4:-0} pid=${5:-} t0 t1 out
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+  out=$(BODY_FILE="$BODY" RATE="$rate" CONNS="$CONNS" wrk -t"$THREADS" -c"$CONNS" -d"${dur}s" --latency \
+    -s bench/post.lua "https://127.0.0.1:$port" | awk -v n="$name" '/^RESULT/ {sub(/^RESULT/, n); print}')
+  if [ -n "$pid" ]; then
+    t1=$(cpu_ticks "$pid")
+    out="$out cpu_us_per_req=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v r="$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")" 'BEGIN {printf "%.2f", d / t * 1e6 / r}')"
+  fi
+  echo "$out"
 }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 
@@ -62,15 +78,44 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores; body $BODY ($(stat -c %s "$B
 run warmup-floor "$FLOOR_PORT" 3 >/dev/null
 run warmup-gatehouse "$GH_PORT" 3 >/dev/null
 rss_before=$(rss_kib "$GH_PID")
-floor=$(run floor "$FLOOR_PORT" "$DURATION"); echo "$floor"
-gh=$(run gatehouse "$GH_PORT" "$DURATION"); echo "$gh"
+# Three alternating rounds, so both servers see the same background load from other jobs.
+ROUNDS=${ROUNDS:-3}
+for round in $(seq 1 "$ROUNDS"); do
+  floor=$(run floor "$FLOOR_PORT" "$DURATION" 0 "$FLOOR_PID"); echo "$floor"
+  gh=$(run gatehouse "$GH_PORT" "$DURATION" 0 "$GH_PID"); echo "$gh"
+  floor_rps=$(field rps "$floor"); gh_rps=$(field rps "$gh")
+  floor_cpu=$(field cpu_us_per_req "$floor"); gh_cpu=$(field cpu_us_per_req "$gh")
+  echo "round $round: throughput gatehouse/floor $(awk -v a="$gh_rps" -v b="$floor_rps" 'BEGIN {printf "%.1f%%", 100*a/b}');" \
+    "CPU per admission gatehouse $gh_cpu us, floor $floor_cpu us, difference $(awk -v a="$gh_cpu" -v b="$floor_cpu" 'BEGIN {printf "%.2f", a-b}') us"
+done
 rss_after=$(rss_kib "$GH_PID")
-floor_rps=$(field rps "$floor"); gh_rps=$(field rps "$gh")
-echo "ratio gatehouse/floor throughput: $(awk -v a="$gh_rps" -v b="$floor_rps" 'BEGIN {printf "%.1f%%", 100*a/b}')"
 echo "gatehouse RSS: before ${rss_before} KiB, after ${DURATION}s of load ${rss_after} KiB"
 
 half=$(awk -v r="$gh_rps" 'BEGIN {printf "%d", r/2}')
 gh_half=$(run gatehouse-at-half "$GH_PORT" "$DURATION" "$half"); echo "$gh_half (target rate $half/s)"
+
+if [ "${MEMORY:-0}" = 1 ]; then
+  python3 bench/hostile.py "$work" >/dev/null
+  post_one() { curl -sk -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+    --data-binary "@$1" "https://127.0.0.1:$GH_PORT/validate?timeout=10s"; }
+  sleep 1
+  idle=$(rss_kib "$GH_PID")
+  echo "memory: idle RSS $idle KiB"
+  for case in maps numbers env; do
+    echo 5 >"/proc/$GH_PID/clear_refs"
+    code=$(post_one "$work/$case.json")
+    sleep 0.5
+    echo "memory $case ($(stat -c %s "$work/$case.json") B): HTTP $code, peak $(( $(hwm_kib "$GH_PID") - idle )) KiB above idle, after $(( $(rss_kib "$GH_PID") - idle )) KiB above idle"
+  done
+  echo 5 >"/proc/$GH_PID/clear_refs"
+  codes=""
+  posts=()
+  for case in maps numbers env; do post_one "$work/$case.json" >"$work/$case.code" & posts+=($!); done
+  wait "${posts[@]}"
+  sleep 0.5
+  for case in maps numbers env; do codes="$codes $(cat "$work/$case.code")"; done
+  echo "memory three at once: HTTP$codes, peak $(( $(hwm_kib "$GH_PID") - idle )) KiB above idle, after $(( $(rss_kib "$GH_PID") - idle )) KiB above idle"
+fi
 
 if [ "$SOAK" -gt 0 ]; then
   soak_start=$(rss_kib "$GH_PID")

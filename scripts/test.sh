@@ -70,5 +70,8 @@ else
     cargo test --locked --all-targets
 fi
 
+# The shipped policies' suites (gatehouse test).
+cargo run --locked --quiet -- test policies/tests
+
 # The Helm chart and deploy/ (installs helm and kubernetes-validate into .cache/, not committed).
 bash scripts/chart-test.sh

@@ -19,7 +19,7 @@ use crate::admission::{self, DecodeError};
 use crate::limits::{
     BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, limit_requests, read_body,
 };
-use crate::metrics::{DecisionLabels, Metrics, PolicyLabels};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
 
@@ -243,26 +243,20 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
     } else {
         decision.label()
     };
-    m.admissions
-        .get_or_create(&DecisionLabels {
-            decision: label.to_owned(),
-        })
-        .inc();
-    for name in &decision.evaluated {
-        let result = decision
-            .denials
-            .iter()
-            .map(|f| (f, "deny"))
-            .chain(decision.warnings.iter().map(|f| (f, "warn")))
-            .chain(decision.audits.iter().map(|f| (f, "audit")))
-            .find(|(f, _)| &f.policy == name)
-            .map_or("pass", |(_, r)| r);
-        m.policy_results
-            .get_or_create(&PolicyLabels {
-                policy: name.clone(),
-                result: result.to_owned(),
-            })
-            .inc();
+    m.admission(label).inc();
+    if !decision.evaluated.is_empty() {
+        let counters = m.policy_counters(&policies);
+        for name in &decision.evaluated {
+            let result = decision
+                .denials
+                .iter()
+                .map(|f| (f, "deny"))
+                .chain(decision.warnings.iter().map(|f| (f, "warn")))
+                .chain(decision.audits.iter().map(|f| (f, "audit")))
+                .find(|(f, _)| &f.policy == name)
+                .map_or("pass", |(_, r)| r);
+            counters.count(name, result);
+        }
     }
     let ns = req.namespace.as_deref().unwrap_or("");
     tracing::info!(

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod check;
 pub mod review;
 pub mod serve;
+pub mod test;
 pub mod tokens;
 
 use std::io::Write as _;

@@ -680,7 +680,7 @@ fn describe(error: &figment::Error) -> String {
         },
         None => String::new(),
     };
-    let kind = first.kind.to_string();
+    let kind = crate::policy::messages::humanize(&first.kind.to_string());
     if key.is_empty() {
         format!("{kind}{source}")
     } else {

@@ -62,6 +62,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Run policy test suites (YAML files with `kind: PolicyTest`; directories are searched).
+    /// Exit code: 0 all cases pass, 1 any fails, 2 a suite cannot be used or none is found.
+    Test(commands::test::TestArgs),
     /// Issue, list, revoke and prune one-time deployment tokens (in the store named by
     /// `database_url`, by default SQLite in the data directory).
     Tokens {
@@ -80,7 +83,7 @@ impl Command {
             | Command::Review { config, .. }
             | Command::Check { config, .. }
             | Command::Tokens { config, .. } => config.file.as_ref(),
-            Command::Certs(_) => None,
+            Command::Certs(_) | Command::Test(_) => None,
         }
     }
 }
@@ -99,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let _log_writer = telemetry::init(config.log_format);
     let log_format = config.log_format;
     gatehouse::tls::install_default_provider();
     for name in &report.ignored_env {
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::Check { args, .. } => {
                 ExitCode::from(commands::check::main(&config, &args).await)
             }
+            Command::Test(args) => ExitCode::from(commands::test::run(&args).await),
             Command::Tokens { command, .. } => {
                 ExitCode::from(commands::tokens::run(&config, command).await)
             }

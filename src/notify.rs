@@ -353,6 +353,18 @@ impl Notifier {
         if fired.is_empty() {
             return;
         }
+        // Cleanup UPDATEs are not notified: nothing about an object being deleted (the garbage
+        // collector removing a finalizer, once per retry), and no denial of a bookkeeping-only
+        // UPDATE. Whether a bookkeeping-only UPDATE is `updated` is `ignore_update_fields`' call
+        // below (by default it is not).
+        {
+            use crate::policy::cleanup::{Cleanup, classify};
+            match decision.cleanup.or_else(|| classify(req)) {
+                Some(Cleanup::BeingDeleted) => return,
+                Some(Cleanup::Bookkeeping) if !decision.allowed() => return,
+                _ => {}
+            }
+        }
         if kinds.contains(&EventKind::Updated)
             && fired.iter().any(|r| r.events.contains(&EventKind::Updated))
             && !event::meaningful_update(req, &s.ignored_update_fields)
@@ -488,16 +500,22 @@ impl Shared {
     }
 }
 
-/// Request uids seen recently, so an API-server retry is notified once.
+/// Request uids seen recently, so an API-server retry is notified once. Each uid is stored
+/// once (shared by the set and the queue).
 #[derive(Debug)]
 struct Dedupe {
     window: Duration,
-    seen: HashSet<String>,
-    order: VecDeque<(Instant, String)>,
+    seen: HashSet<std::sync::Arc<str>>,
+    order: VecDeque<(Instant, std::sync::Arc<str>)>,
+    /// What the remembered uids take, as counted by [`Dedupe::cost`].
+    bytes: usize,
 }
 
 /// Uids remembered at most, whatever the window.
 const DEDUPE_MAX: usize = 100_000;
+/// Memory the remembered uids may take at most, whatever the window (uids are at most 128
+/// bytes, so this holds at least 87 000 of the longest).
+const DEDUPE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 impl Dedupe {
     fn new(window: Duration) -> Self {
@@ -505,14 +523,25 @@ impl Dedupe {
             window,
             seen: HashSet::new(),
             order: VecDeque::new(),
+            bytes: 0,
         }
+    }
+
+    /// What remembering `uid` costs: its bytes plus the allocation, set and queue entries.
+    fn cost(uid: &str) -> usize {
+        uid.len() + 64
     }
 
     /// True the first time a uid is seen within the window.
     fn first_time(&mut self, uid: &str, now: Instant) -> bool {
+        let cost = Self::cost(uid);
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) >= self.window || self.order.len() >= DEDUPE_MAX {
+            if now.duration_since(*at) >= self.window
+                || self.order.len() >= DEDUPE_MAX
+                || self.bytes + cost > DEDUPE_MAX_BYTES
+            {
                 if let Some((_, old)) = self.order.pop_front() {
+                    self.bytes -= Self::cost(&old);
                     self.seen.remove(&old);
                 }
             } else {
@@ -522,8 +551,10 @@ impl Dedupe {
         if self.seen.contains(uid) {
             return false;
         }
-        self.seen.insert(uid.to_owned());
-        self.order.push_back((now, uid.to_owned()));
+        let uid: std::sync::Arc<str> = uid.into();
+        self.seen.insert(uid.clone());
+        self.order.push_back((now, uid));
+        self.bytes += cost;
         true
     }
 }
@@ -816,6 +847,23 @@ mod tests {
     fn phone_numbers_are_masked_in_logs() {
         assert_eq!(mask("+15551234567"), "+*******4567");
         assert_eq!(mask("1234"), "****");
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_bytes_as_well_as_entries() {
+        let t0 = Instant::now();
+        let mut d = Dedupe::new(Duration::from_secs(600));
+        let uid = |i: usize| format!("{i:0>128}");
+        let fits = DEDUPE_MAX_BYTES / Dedupe::cost(&uid(0));
+        for i in 0..fits + 10 {
+            assert!(d.first_time(&uid(i), t0));
+        }
+        assert!(d.bytes <= DEDUPE_MAX_BYTES, "{}", d.bytes);
+        assert_eq!(d.order.len(), fits);
+        assert_eq!(d.seen.len(), fits);
+        // The oldest were forgotten to make room; the newest are still known.
+        assert!(!d.first_time(&uid(fits + 9), t0));
+        assert!(d.first_time(&uid(0), t0));
     }
 
     #[test]

@@ -26,10 +26,14 @@
 //!    what policy files write in `kind:`, and appears in the "unknown kind" message.
 
 pub mod annotations;
+mod api_resources;
 pub mod cel;
+pub mod cleanup;
+mod exempt;
 pub mod forward;
 pub mod labels;
 pub mod matching;
+pub mod messages;
 pub mod one_time_token;
 pub(crate) mod podspec;
 pub mod ports;
@@ -250,10 +254,11 @@ fn typed_params<T: serde::de::DeserializeOwned>(params: serde_yaml::Value) -> Re
     };
     serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
+        let message = messages::humanize(&e.inner().to_string());
         if path == "." || path.is_empty() {
-            format!("params: {}", e.inner())
+            format!("params: {message}")
         } else {
-            format!("params.{path}: {}", e.inner())
+            format!("params.{path}: {message}")
         }
     })
 }
@@ -272,6 +277,9 @@ struct RawPolicy {
     description: Option<String>,
     #[serde(default)]
     params: serde_yaml::Value,
+    /// Judge cleanup UPDATEs too (see [`cleanup`]); default false.
+    #[serde(default)]
+    judge_cleanup: bool,
 }
 
 /// A policy ready to evaluate.
@@ -289,6 +297,8 @@ pub struct Policy {
     pub kind: Kind,
     /// The file it came from.
     pub source: String,
+    /// Whether it judges cleanup UPDATEs (`judgeCleanup: true`; see [`cleanup`]).
+    pub judge_cleanup: bool,
 }
 
 /// A policy file (or the embedded defaults) that could not be loaded.
@@ -314,12 +324,16 @@ impl LoadError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
+    /// Absent (and no notifications either) means an empty file, which is refused.
     #[serde(default)]
-    policies: Vec<serde_yaml::Value>,
+    policies: Option<Vec<serde_yaml::Value>>,
     /// Notification rules (see `notify::rule`).
     #[serde(default)]
     notifications: Vec<serde_yaml::Value>,
 }
+
+/// Why an empty policy file is refused.
+const EMPTY_FILE: &str = "the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant";
 
 /// Parses one policy file's text; `source` names it in errors.
 pub fn parse_policies(text: &str, source: &str) -> Result<Vec<Policy>, LoadError> {
@@ -361,15 +375,27 @@ pub fn parse_file_with(
     }
     let mut notifications = Vec::new();
     let mut items = Vec::new();
+    // Written on purpose: a list, or a mapping with `policies:` or `notifications:`. A file
+    // with nothing of the kind would allow everything, so it is refused.
+    let mut written = !kubernetes.is_empty();
     for root in roots {
         match root {
             serde_yaml::Value::Null => {}
-            serde_yaml::Value::Sequence(list) => items.extend(list),
+            serde_yaml::Value::Sequence(list) => {
+                written = true;
+                items.extend(list);
+            }
             serde_yaml::Value::Mapping(_) => {
-                let doc: Document = serde_path_to_error::deserialize(root)
-                    .map_err(|e| LoadError::new(source, format!("{}: {}", e.path(), e.inner())))?;
+                let doc: Document = serde_path_to_error::deserialize(root).map_err(|e| {
+                    let message = messages::humanize(&e.inner().to_string());
+                    LoadError::new(source, format!("{}: {message}", e.path()))
+                })?;
+                if doc.policies.is_none() && doc.notifications.is_empty() {
+                    return Err(LoadError::new(source, EMPTY_FILE));
+                }
+                written = true;
                 notifications.extend(doc.notifications);
-                items.extend(doc.policies);
+                items.extend(doc.policies.unwrap_or_default());
             }
             _ => {
                 return Err(LoadError::new(
@@ -379,6 +405,9 @@ pub fn parse_file_with(
             }
         }
     }
+    if !written {
+        return Err(LoadError::new(source, EMPTY_FILE));
+    }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let label = item_label(&item, "policy", i);
@@ -387,6 +416,9 @@ pub fn parse_file_with(
         validate_name(&raw.name).map_err(|m| fail(format!("name: {m}")))?;
         let matcher = Matcher::compile(raw.match_spec).map_err(&fail)?;
         let kind = Kind::parse(&raw.kind, raw.params, ctx).map_err(&fail)?;
+        if let Some(p) = kind.downcast::<replicas::Replicas>() {
+            p.check_reach(&matcher).map_err(&fail)?;
+        }
         out.push(Policy {
             name: raw.name,
             action: raw.action,
@@ -394,6 +426,7 @@ pub fn parse_file_with(
             matcher,
             kind,
             source: source.to_owned(),
+            judge_cleanup: raw.judge_cleanup,
         });
     }
     if !kubernetes.is_empty() {
@@ -420,10 +453,11 @@ pub(crate) fn deserialize_item<T: serde::de::DeserializeOwned>(
 ) -> Result<T, LoadError> {
     serde_path_to_error::deserialize(item).map_err(|e| {
         let path = e.path().to_string();
+        let message = messages::humanize(&e.inner().to_string());
         if path == "." {
-            fail(e.inner().to_string())
+            fail(message)
         } else {
-            fail(format!("{path}: {}", e.inner()))
+            fail(format!("{path}: {message}"))
         }
     })
 }
@@ -549,6 +583,9 @@ pub struct Decision {
     pub evaluated: Vec<String>,
     /// Set when the namespace is excluded from every policy.
     pub excluded: bool,
+    /// Set for an UPDATE found to be cleanup (see [`cleanup`]; worked out only when a
+    /// matching policy needed to know): only policies with `judgeCleanup: true` judged it.
+    pub cleanup: Option<cleanup::Cleanup>,
 }
 
 impl Decision {
@@ -673,8 +710,17 @@ impl PolicySet {
         // only check when another policy has already denied the request.
         let plain = self.policies.iter().filter(|p| !p.kind.consumes());
         let consuming = self.policies.iter().filter(|p| p.kind.consumes());
+        // Whether the request is a cleanup UPDATE, worked out once a policy needs to know.
+        let mut is_cleanup: Option<Option<cleanup::Cleanup>> = None;
         for policy in plain.chain(consuming) {
             if !policy.matcher.matches(req) {
+                continue;
+            }
+            if !policy.judge_cleanup
+                && is_cleanup
+                    .get_or_insert_with(|| cleanup::classify(req))
+                    .is_some()
+            {
                 continue;
             }
             decision.evaluated.push(policy.name.clone());
@@ -699,6 +745,7 @@ impl PolicySet {
                 },
             }
         }
+        decision.cleanup = is_cleanup.flatten();
         decision
     }
 }
@@ -744,7 +791,7 @@ mod tests {
     )]
     #[case::bad_param_type(
         "- name: p\n  kind: replicas\n  match: {resources: [deployments]}\n  params: {min: three}\n",
-        "policy \"p\": params.min: invalid type"
+        "policy \"p\": params.min: expected a whole number from 0 to 4294967295, found the text \"three\""
     )]
     #[case::bad_action(
         "- name: p\n  kind: replicas\n  action: block\n  match: {resources: [deployments]}\n  params: {min: 3}\n",
@@ -769,6 +816,15 @@ mod tests {
     #[case::unknown_top_level("polices: []\n", "polices: unknown field `polices`")]
     #[case::not_yaml("- name: [\n", "not valid YAML")]
     #[case::scalar("42\n", "expected a list of policies")]
+    #[case::empty(
+        "",
+        "the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant"
+    )]
+    #[case::comments_only("# all policies moved elsewhere\n", "the file holds no policies")]
+    #[case::replicas_without_replicas(
+        "- name: p\n  kind: replicas\n  match: {resources: ['apps/daemonsets', pods]}\n  params: {min: 1}\n",
+        "policy \"p\": match.resources: a replicas policy judges only deployments"
+    )]
     fn load_errors_name_file_policy_and_field(#[case] text: &str, #[case] expected: &str) {
         let err = parse_policies(text, "team.yaml").unwrap_err().to_string();
         assert!(err.starts_with("team.yaml: "), "{err}");
@@ -776,6 +832,14 @@ mod tests {
             err.contains(expected),
             "{err:?} should contain {expected:?}"
         );
+    }
+
+    #[rstest]
+    #[case("policies: []\n")]
+    #[case("[]\n")]
+    #[case("policies: []\nnotifications: []\n")]
+    fn an_explicitly_empty_set_loads(#[case] text: &str) {
+        assert!(parse_policies(text, "none.yaml").unwrap().is_empty());
     }
 
     #[test]

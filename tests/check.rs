@@ -23,21 +23,26 @@ const POLICIES: &str = "tests/data/check/policies.yaml";
 fn examples_directory_with_the_default_policies() {
     let (code, stdout, stderr) = check(&["-f", "examples/"]);
     assert_eq!(code, 1, "{stderr}");
-    let denied = "denied: asks for 2 replicas; policy min-replicas requires at least 3";
+    let deny = "  deny min-replicas: asks for 2 replicas; policy min-replicas requires at least 3";
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         vec![
-            format!("Deployment app-ns/alpine-deploy: {denied}").as_str(),
-            "Deployment app-ns/alpine-deploy: allowed",
-            "Deployment app-ns/alpine-deploy: allowed",
-            "Namespace app-ns: allowed",
+            "examples/deployment-2-replicas.yaml:1: Deployment app-ns/alpine-deploy: denied",
+            deny,
+            "examples/deployment-3-replicas.yaml:1: Deployment app-ns/alpine-deploy: allowed",
+            "examples/deployment-image-update.yaml:1: Deployment app-ns/alpine-deploy: allowed",
+            // No default policy matches a Namespace: visible, not a silent pass.
+            "examples/namespace.yaml:1: Namespace app-ns: allowed (no policy matched)",
             // examples/reviews/*.json are AdmissionReviews, evaluated as the API server sent them.
-            format!("Deployment app-ns/alpine-deploy: {denied}").as_str(), // create-2-replicas-v1beta1
-            format!("Deployment app-ns/alpine-deploy: {denied}").as_str(), // create-2-replicas
-            "Deployment app-ns/alpine-deploy: allowed",                    // create-3-replicas
-            "Deployment app-ns/alpine-deploy: allowed",                    // delete
-            "Deployment app-ns/alpine-deploy (scale): denied: asks for 1 replica; policy min-replicas requires at least 3",
-            "Deployment app-ns/alpine-deploy: allowed", // update-image
+            "examples/reviews/create-2-replicas-v1beta1.json:1: Deployment app-ns/alpine-deploy: denied",
+            deny,
+            "examples/reviews/create-2-replicas.json:1: Deployment app-ns/alpine-deploy: denied",
+            deny,
+            "examples/reviews/create-3-replicas.json:1: Deployment app-ns/alpine-deploy: allowed",
+            "examples/reviews/delete.json:1: Deployment app-ns/alpine-deploy: allowed (no policy matched)",
+            "examples/reviews/scale-to-1.json:1: Deployment app-ns/alpine-deploy (scale): denied",
+            "  deny min-replicas: asks for 1 replica; policy min-replicas requires at least 3",
+            "examples/reviews/update-image.json:1: Deployment app-ns/alpine-deploy: allowed",
         ]
     );
     assert!(
@@ -54,7 +59,8 @@ fn examples_directory_with_the_default_policies() {
     assert_eq!(code, 0);
     assert_eq!(
         stdout,
-        "Deployment app-ns/alpine-deploy: allowed\nNamespace app-ns: allowed\n"
+        "examples/deployment-3-replicas.yaml:1: Deployment app-ns/alpine-deploy: allowed\n\
+         examples/namespace.yaml:1: Namespace app-ns: allowed (no policy matched)\n"
     );
 }
 
@@ -65,35 +71,39 @@ fn mixed_manifests_one_line_per_object_and_exit_1() {
     let registries =
         "policy approved-registries allows images only from myregistry.io, docker.io/library";
     let resources = "policy container-resources requires requests cpu and limits memory set; memory limit at most 2Gi";
+    let m = "tests/data/check/mixed";
     let expected = [
         // batch/cronjob.yaml: a registry port is another registry; the forward policy is skipped.
+        format!("{m}/batch/cronjob.yaml:1: CronJob shop/nightly-report: denied"),
         format!(
-            "CronJob shop/nightly-report: denied: container report image `myregistry.io:5000/shop/report:3` \
-             (myregistry.io:5000/shop/report) is not from an allowed registry; {registries}; \
-             container report: memory limit 3Gi is above 2Gi; {resources} \
-             | skipped: policy nightly-approval forwards to approvals.example.com and is not called offline"
+            "  deny approved-registries: container report image `myregistry.io:5000/shop/report:3` \
+             (myregistry.io:5000/shop/report) is not from an allowed registry; {registries}"
         ),
+        format!("  deny container-resources: container report: memory limit 3Gi is above 2Gi; {resources}"),
+        "  skip nightly-approval: policy nightly-approval forwards to approvals.example.com and is not called offline".to_owned(),
         // deployments.yaml: no namespace → the default one; initContainer pinned by digest.
-        "Deployment default/api: allowed".to_owned(),
+        format!("{m}/deployments.yaml:1: Deployment default/api: allowed"),
         // Missing only the memory limit, and a port one above the range.
-        format!(
-            "Deployment jobs/worker: denied: container worker has no memory limit; {resources}; \
-             container worker containerPort 8090/TCP not allowed; policy web-ports allows containerPorts 80, 8080-8089 and hostPorts none"
-        ),
-        "Deployment shop/frontend: warning: label team is missing on the pod template; policy team-label requires labels team on the pod template".to_owned(),
+        format!("{m}/deployments.yaml:2: Deployment jobs/worker: denied"),
+        format!("  deny container-resources: container worker has no memory limit; {resources}"),
+        "  deny web-ports: container worker containerPort 8090/TCP not allowed; policy web-ports allows containerPorts 80, 8080-8089 and hostPorts none".to_owned(),
+        format!("{m}/deployments.yaml:3: Deployment shop/frontend: warned"),
+        "  warn team-label: label team is missing on the pod template; policy team-label requires labels team on the pod template".to_owned(),
         // list.json
-        "ConfigMap shop/shop-settings: allowed".to_owned(),
-        "Service shop/web: allowed".to_owned(),
+        format!("{m}/list.json:1 items[0]: ConfigMap shop/shop-settings: allowed (no policy matched)"),
+        format!("{m}/list.json:1 items[1]: Service shop/web: allowed (no policy matched)"),
         // namespace.yml
-        "Namespace shop: allowed".to_owned(),
+        format!("{m}/namespace.yml:1: Namespace shop: allowed (no policy matched)"),
         // pods.yaml
-        "Pod shop/web: allowed".to_owned(),
+        format!("{m}/pods.yaml:1: Pod shop/web: allowed"),
+        format!("{m}/pods.yaml:2: Pod shop/look-alike: denied"),
         format!(
-            "Pod shop/look-alike: denied: container web image `myregistry.io.evil.com/shop/web:1.4` \
+            "  deny approved-registries: container web image `myregistry.io.evil.com/shop/web:1.4` \
              (myregistry.io.evil.com/shop/web) is not from an allowed registry; {registries}"
         ),
+        format!("{m}/pods.yaml:3: Pod shop/debugged: denied"),
         format!(
-            "Pod shop/debugged: denied: ephemeralContainer debugger image `registry.evil.io/tools/debug` \
+            "  deny approved-registries: ephemeralContainer debugger image `registry.evil.io/tools/debug` \
              (registry.evil.io/tools/debug) is not from an allowed registry; {registries}"
         ),
     ];
@@ -151,28 +161,28 @@ fn json_output_carries_findings_user_and_sources() {
                 "staging",
                 "api",
                 "allowed",
-                "tests/data/check/mixed/deployments.yaml document 1"
+                "tests/data/check/mixed/deployments.yaml:1"
             ),
             (
                 "Deployment",
                 "jobs",
                 "worker",
                 "denied",
-                "tests/data/check/mixed/deployments.yaml document 2"
+                "tests/data/check/mixed/deployments.yaml:2"
             ),
             (
                 "Deployment",
                 "shop",
                 "frontend",
                 "warned",
-                "tests/data/check/mixed/deployments.yaml document 3"
+                "tests/data/check/mixed/deployments.yaml:3"
             ),
             (
                 "CronJob",
                 "shop",
                 "nightly-report",
                 "denied",
-                "tests/data/check/mixed/batch/cronjob.yaml document 1"
+                "tests/data/check/mixed/batch/cronjob.yaml:1"
             ),
         ]
     );
@@ -189,6 +199,16 @@ fn json_output_carries_findings_user_and_sources() {
         .collect();
     assert_eq!(policies, vec!["container-resources", "web-ports"]);
     assert_eq!(worker["allowed"], false);
+    // Which policies matched and were evaluated, so an allow from a match that never fired
+    // shows.
+    let evaluated: Vec<_> = objects[0]["evaluated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(objects[0]["matched"], true);
+    assert!(evaluated.contains(&"approved-registries"), "{evaluated:?}");
     let cron = &objects[3];
     assert_eq!(cron["skipped"][0]["policy"], "nightly-approval");
     assert_eq!(objects[2]["warnings"][0]["policy"], "team-label");
@@ -200,16 +220,15 @@ fn unreadable_input_exits_2_and_still_reports_the_readable_objects() {
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(
         stdout,
-        "Pod shop/fine: allowed\nConfigMap shop/before-the-break: allowed\n"
+        "tests/data/check/broken/good.yaml:1: Pod shop/fine: allowed\n\
+         tests/data/check/broken/half.yaml:1: ConfigMap shop/before-the-break: allowed (no policy matched)\n"
     );
     assert!(
-        stderr.contains(
-            "gatehouse check: tests/data/check/broken/half.yaml document 2: not valid YAML"
-        ),
+        stderr.contains("gatehouse check: tests/data/check/broken/half.yaml:2: not valid YAML"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("gatehouse check: tests/data/check/broken/no-kind.yaml document 1: not a Kubernetes object: no kind"),
+        stderr.contains("gatehouse check: tests/data/check/broken/no-kind.yaml:1: not a Kubernetes object: no kind"),
         "{stderr}"
     );
 
@@ -262,7 +281,7 @@ fn stdin_and_all_allowed_exit_0() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "Pod shop/fine: allowed\n"
+        "stdin:1: Pod shop/fine: allowed\n"
     );
 }
 
@@ -279,7 +298,10 @@ fn only_skipped_policies_are_not_reported_as_passed() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stdout,
-        "CronJob shop/tidy: skipped: policy nightly-approval forwards to approvals.example.com and is not called offline\n"
+        format!(
+            "{}:1: CronJob shop/tidy: skipped\n  skip nightly-approval: policy nightly-approval forwards to approvals.example.com and is not called offline\n",
+            manifest.display()
+        )
     );
     assert!(stderr.contains("1 object: 0 allowed, 0 denied"), "{stderr}");
 }
@@ -312,7 +334,13 @@ fn a_closed_output_pipe_ends_the_listing_without_a_panic() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    assert_eq!(first, "ConfigMap shop/settings-0: allowed\n");
+    assert_eq!(
+        first,
+        format!(
+            "{}:1 items[0]: ConfigMap shop/settings-0: allowed (no policy matched)\n",
+            file.display()
+        )
+    );
     // The reader is dropped here, closing the pipe like `| head -1`.
     let mut stderr = String::new();
     child

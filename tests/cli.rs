@@ -98,6 +98,34 @@ fn invalid_config_fails_with_one_line_naming_the_key() {
         stderr.contains("max_body_byte") && stderr.contains("gatehouse.yaml"),
         "{stderr}"
     );
+
+    // In the file's own terms: no Rust type names, no doubled backticks.
+    for (text, expected) in [
+        (
+            "lisen: 1\n",
+            "key `lisen`: unknown field `lisen`, expected one of `listen`, ",
+        ),
+        (
+            "notify:\n  concurrency: many\n",
+            "key `notify.concurrency`: expected a whole number of 0 or more, found the text \"many\"",
+        ),
+        (
+            "excluded_namespaces: kube-system\n",
+            "key `excluded_namespaces`: expected a list, found the text \"kube-system\"",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = gatehouse()
+            .args(["--config", file.to_str().unwrap(), "serve"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        for bad in ["``", "usize", "u32", "sequence", "struct "] {
+            assert!(!stderr.contains(bad), "{bad} in {stderr}");
+        }
+    }
 }
 
 #[test]
@@ -123,6 +151,27 @@ fn bad_policy_file_fails_at_start_naming_file_policy_and_field() {
         stderr.contains(
             "team.yaml: policy \"min-replicas\": params.minimum: unknown field `minimum`"
         ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn empty_policy_file_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("team.yaml");
+    std::fs::write(&file, "# every policy moved away\n").unwrap();
+    let out = gatehouse()
+        .env("GATEHOUSE_POLICIES", &file)
+        .env("GATEHOUSE_DATA_DIR", dir.path())
+        .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+        .env("GATEHOUSE_HEALTH_LISTEN", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("team.yaml: the file holds no policies; an empty file would allow everything, so write `policies: []` if an empty set is meant"),
         "{stderr}"
     );
 }

@@ -182,6 +182,17 @@ async fn registries_example() {
          policy approved-registries allows images only from myregistry.io, registry.internal:5000, ghcr.io/acme, docker.io/library"
     );
 
+    // An image ID is not a pullable reference: the node would run whatever it has cached.
+    let id = "sha256:4b7ce07a7c0f1e3ef2f39b36ad4e8a5c4a2b3b8b8e1e1f5f6a7b8c9d0e1f2a3b";
+    let (ok, msg, _, _) = decide(&s, review("CREATE", pod("shop", image(id)), None)).await;
+    assert!(!ok);
+    assert!(
+        msg.starts_with(&format!(
+            "Pod shop/shop-7d9f: container web image `{id}` is an image ID, not a pullable registry/repository[:tag][@digest] reference"
+        )),
+        "{msg}"
+    );
+
     // kubectl debug: an UPDATE of pods/ephemeralcontainers whose object is the whole Pod.
     let mut debugged = pod("shop", image("myregistry.io/web:1"));
     debugged["spec"]["ephemeralContainers"] =
@@ -292,6 +303,15 @@ async fn ports_example() {
         .await;
         assert!(ok, "{port}: {msg}");
     }
+    // The host network without any declared port: every port it opens is a host port.
+    let mut host = with(json!([]));
+    host["spec"]["hostNetwork"] = json!(true);
+    let (ok, msg, _, _) = decide(&s, review("CREATE", host, None)).await;
+    assert!(!ok);
+    assert_eq!(
+        msg,
+        "Pod shop/shop-7d9f: hostNetwork: true (every port a container opens is a host port; set allowHostNetwork to accept it) not allowed; policy allowed-ports allows containerPorts 80, 443, 8000-8999, 9090 and hostPorts none"
+    );
     for port in [7999, 9000, 9091] {
         let (ok, msg, _, _) = decide(
             &s,

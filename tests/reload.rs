@@ -506,6 +506,14 @@ async fn policy_reload_under_load() {
     wait_metric(server.health, POL_FAIL, 2).await;
     assert!(!allowed().await.0);
 
+    // A file that reloads empty (truncated, or every policy deleted) is refused, not taken as
+    // "no policies": min 5 stays in force.
+    policy_dir.swap(&[("policies.yaml", b"# emptied\n".as_slice())]);
+    wait_metric(server.health, POL_FAIL, 3).await;
+    let (ok, message) = allowed().await;
+    assert!(!ok);
+    assert!(message.contains("requires at least 5"), "{message}");
+
     // Back to a valid set: taken.
     policy_dir.swap(&[("policies.yaml", three.as_slice())]);
     wait_metric(server.health, POL_OK, 2).await;

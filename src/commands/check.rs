@@ -34,7 +34,7 @@ pub const EXIT_UNUSABLE: u8 = 2;
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
-    /// One line per object: `Kind ns/name: allowed | denied: … | warning: … | skipped: …`.
+    /// One line per object: `file:document Kind ns/name: verdict`, then one indented line per finding.
     Text,
     /// One JSON document with every object's findings and the input errors.
     Json,
@@ -127,13 +127,15 @@ pub(crate) struct InputError(pub(crate) String);
 
 /// One object to evaluate and where it came from: the review body the API server would send
 /// (checked to decode when the item was made; decoded again, cheaply, when used).
-struct Item {
-    source: String,
+pub(crate) struct Item {
+    /// `file:document` (documents counted from 1), `file:2 items[0]` inside a List.
+    pub(crate) source: String,
     body: Vec<u8>,
 }
 
 impl Item {
-    fn request(&self) -> Result<admission::Review<'_>, String> {
+    /// The review request, decoded from the body.
+    pub(crate) fn request(&self) -> Result<admission::Review<'_>, String> {
         admission::decode(&self.body).map_err(|e| format!("{}: {e}", self.source))
     }
 }
@@ -302,7 +304,7 @@ fn collect(
 }
 
 /// Parses every document of every input.
-fn parse_inputs(
+pub(crate) fn parse_inputs(
     inputs: Vec<(String, String)>,
     args: &CheckArgs,
     errors: &mut Vec<InputError>,
@@ -310,7 +312,7 @@ fn parse_inputs(
     let mut items = Vec::new();
     for (name, text) in inputs {
         for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let source = format!("{name} document {}", i + 1);
+            let source = format!("{name}:{}", i + 1);
             let doc = match serde_yaml::Value::deserialize(de) {
                 Ok(serde_yaml::Value::Null) => continue,
                 Ok(v @ serde_yaml::Value::Mapping(_)) => v,
@@ -337,10 +339,11 @@ fn parse_inputs(
     items
 }
 
-/// `denied: …`, `warning: …`, `audit: …`, `skipped: …` joined by ` | `, or `allowed`.
-/// Messages that start with the object's description (`object`, as the policies write them
-/// for the API server) lose that prefix, since the line already starts with it.
-pub(crate) fn status_line(decision: &Decision, object: &str) -> String {
+/// The findings of a decision, one per line: `deny min-replicas: asks for 1 replica; …`,
+/// then warnings, audits and skipped policies. Messages that start with the object's
+/// description (`object`, as the policies write them for the API server) lose that prefix,
+/// since the object's line already names it.
+pub(crate) fn finding_lines(decision: &Decision, object: &str) -> Vec<String> {
     let short = |m: &'_ str| -> String {
         match m.strip_prefix(object) {
             Some(rest) if rest.starts_with(": ") => rest[2..].to_owned(),
@@ -348,37 +351,34 @@ pub(crate) fn status_line(decision: &Decision, object: &str) -> String {
             _ => m.to_owned(),
         }
     };
-    let join = |fs: &[Finding]| {
-        fs.iter()
-            .map(|f| short(&f.message))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let mut parts = Vec::new();
-    if !decision.denials.is_empty() {
-        parts.push(format!("denied: {}", join(&decision.denials)));
-    }
-    if !decision.warnings.is_empty() {
-        parts.push(format!("warning: {}", join(&decision.warnings)));
-    }
-    if !decision.audits.is_empty() {
-        parts.push(format!("audit: {}", join(&decision.audits)));
-    }
-    if !decision.skipped.is_empty() {
-        parts.push(format!("skipped: {}", join(&decision.skipped)));
-    }
-    if parts.is_empty() {
-        if decision.excluded {
-            "allowed (namespace excluded from every policy)".into()
-        } else {
-            "allowed".into()
+    let mut out = Vec::new();
+    for (what, findings) in [
+        ("deny", &decision.denials),
+        ("warn", &decision.warnings),
+        ("audit", &decision.audits),
+        ("skip", &decision.skipped),
+    ] {
+        for f in findings {
+            out.push(format!("{what} {}: {}", f.policy, short(&f.message)));
         }
-    } else {
-        parts.join(" | ")
+    }
+    out
+}
+
+/// The verdict on an object's line: `denied`, `warned`, `audited`, `skipped`, `allowed`,
+/// `allowed (no policy matched)` or `allowed (namespace excluded from every policy)`.
+pub(crate) fn verdict(decision: &Decision) -> &'static str {
+    match decision_label(decision) {
+        "allowed" if decision.excluded => "allowed (namespace excluded from every policy)",
+        "allowed" if decision.cleanup.is_some() && decision.evaluated.is_empty() => {
+            "allowed (cleanup update: not judged)"
+        }
+        "allowed" if decision.evaluated.is_empty() => "allowed (no policy matched)",
+        other => other,
     }
 }
 
-fn decision_label(d: &Decision) -> &'static str {
+pub(crate) fn decision_label(d: &Decision) -> &'static str {
     match d.label() {
         "allowed" if !d.skipped.is_empty() => "skipped",
         other => other,
@@ -414,14 +414,19 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
     let mut stdout = std::io::stdout().lock();
     match args.output {
         Output::Text => {
-            for (item, d) in &results {
+            'objects: for (item, d) in &results {
                 let Ok(request) = item.request() else {
                     continue;
                 };
                 let object = describe_object(&request);
                 // A closed pipe (`| head`) ends the listing, not the process.
-                if writeln!(stdout, "{object}: {}", status_line(d, &object)).is_err() {
+                if writeln!(stdout, "{}: {object}: {}", item.source, verdict(d)).is_err() {
                     break;
+                }
+                for line in finding_lines(d, &object) {
+                    if writeln!(stdout, "  {line}").is_err() {
+                        break 'objects;
+                    }
                 }
             }
             for e in &errors {
@@ -462,6 +467,9 @@ pub(crate) async fn run(policies: &PolicySet, args: &CheckArgs) -> u8 {
                         "decision": decision_label(d),
                         "allowed": d.allowed(),
                         "excluded": d.excluded,
+                        "evaluated": d.evaluated,
+                        "matched": !d.evaluated.is_empty(),
+                        "cleanup": d.cleanup.map(|c| c.as_str()),
                         "denials": findings_json(&d.denials),
                         "warnings": findings_json(&d.warnings),
                         "audits": findings_json(&d.audits),
@@ -564,20 +572,14 @@ items:
         assert_eq!(
             seen,
             vec![
+                ("m.yaml:1".to_owned(), "Deployment staging/web".to_owned()),
+                ("m.yaml:3".to_owned(), "Namespace team-a".to_owned()),
                 (
-                    "m.yaml document 1".to_owned(),
-                    "Deployment staging/web".to_owned()
-                ),
-                (
-                    "m.yaml document 3".to_owned(),
-                    "Namespace team-a".to_owned()
-                ),
-                (
-                    "m.yaml document 4 items[0]".to_owned(),
+                    "m.yaml:4 items[0]".to_owned(),
                     "ConfigMap other/c".to_owned()
                 ),
                 (
-                    "m.yaml document 4 items[1]".to_owned(),
+                    "m.yaml:4 items[1]".to_owned(),
                     "Pod staging/job-*".to_owned()
                 ),
             ]
@@ -602,27 +604,24 @@ items:
     #[rstest]
     #[case(
         "- just\n- a list\n",
-        "m.yaml document 1: not a Kubernetes object (not a mapping)"
+        "m.yaml:1: not a Kubernetes object (not a mapping)"
     )]
     #[case(
         "kind: Pod\nmetadata: {name: p}\n",
-        "m.yaml document 1: not a Kubernetes object: no apiVersion"
+        "m.yaml:1: not a Kubernetes object: no apiVersion"
     )]
     #[case(
         "apiVersion: v1\nmetadata: {name: p}\n",
-        "m.yaml document 1: not a Kubernetes object: no kind"
+        "m.yaml:1: not a Kubernetes object: no kind"
     )]
-    #[case(
-        "apiVersion: v1\nkind: Pod\n",
-        "m.yaml document 1: Pod: no metadata.name"
-    )]
+    #[case("apiVersion: v1\nkind: Pod\n", "m.yaml:1: Pod: no metadata.name")]
     #[case(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n",
-        "m.yaml document 1: not valid YAML"
+        "m.yaml:1: not valid YAML"
     )]
     #[case(
         "apiVersion: admission.k8s.io/v1\nkind: AdmissionReview\n",
-        "m.yaml document 1: AdmissionReview has no request"
+        "m.yaml:1: AdmissionReview has no request"
     )]
     fn unusable_documents_are_named(#[case] text: &str, #[case] expected: &str) {
         let mut errors = Vec::new();
@@ -633,21 +632,24 @@ items:
     }
 
     #[test]
-    fn status_lines() {
+    fn one_finding_per_line() {
         let f = |p: &str, m: &str| Finding {
             policy: p.into(),
             message: m.into(),
         };
         let mut d = Decision::default();
-        let status_line = |d: &Decision| status_line(d, "Pod ns/p");
-        assert_eq!(status_line(&d), "allowed");
+        let lines = |d: &Decision| finding_lines(d, "Pod ns/p");
+        assert!(lines(&d).is_empty());
+        assert_eq!(verdict(&d), "allowed (no policy matched)");
+        d.evaluated.push("fn".into());
+        assert_eq!(verdict(&d), "allowed");
         d.skipped
             .push(f("fn", "policy fn forwards to x and is not called offline"));
         assert_eq!(
-            status_line(&d),
-            "skipped: policy fn forwards to x and is not called offline"
+            lines(&d),
+            vec!["skip fn: policy fn forwards to x and is not called offline"]
         );
-        assert_eq!(decision_label(&d), "skipped");
+        assert_eq!(verdict(&d), "skipped");
         d.warnings.push(f("w", "careful"));
         d.denials.push(f(
             "a",
@@ -657,10 +659,15 @@ items:
             .push(f("b", "Pod ns/p asks for 2 replicas; policy b requires …"));
         d.denials.push(f("c", "Pod ns/pod-2 is something else"));
         assert_eq!(
-            status_line(&d),
-            "denied: container a has no memory limit; policy a requires …; asks for 2 replicas; policy b requires …; \
-             Pod ns/pod-2 is something else | warning: careful | skipped: policy fn forwards to x and is not called offline"
+            lines(&d),
+            vec![
+                "deny a: container a has no memory limit; policy a requires …",
+                "deny b: asks for 2 replicas; policy b requires …",
+                "deny c: Pod ns/pod-2 is something else",
+                "warn w: careful",
+                "skip fn: policy fn forwards to x and is not called offline",
+            ]
         );
-        assert_eq!(decision_label(&d), "denied");
+        assert_eq!(verdict(&d), "denied");
     }
 }

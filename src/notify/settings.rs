@@ -199,6 +199,8 @@ pub const DEFAULT_IGNORED_UPDATE_FIELDS: &[&str] = &[
     "/metadata/resourceVersion",
     "/metadata/generation",
     "/metadata/managedFields",
+    "/metadata/finalizers",
+    "/metadata/ownerReferences",
     "/metadata/annotations/deployment.kubernetes.io~1revision",
 ];
 

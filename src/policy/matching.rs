@@ -204,14 +204,27 @@ impl Matcher {
         let resources = spec
             .resources
             .iter()
-            .map(|r| ResourcePattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("match.resources: {e}"))?;
+            .enumerate()
+            .map(|(i, r)| {
+                ResourcePattern::parse(r)
+                    .and_then(|p| super::api_resources::check(r, &p).map(|()| p))
+                    .map_err(|e| format!("match.resources[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let operations = if spec.operations.is_empty() {
             vec![OperationMatch::Create, OperationMatch::Update]
         } else {
             spec.operations
         };
+        for (which, list) in [
+            ("include", &spec.namespaces.include),
+            ("exclude", &spec.namespaces.exclude),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                check_namespace_pattern(p)
+                    .map_err(|e| format!("match.namespaces.{which}[{i}]: {e}"))?;
+            }
+        }
         if let Some(sel) = &spec.label_selector {
             for (i, e) in sel.match_expressions.iter().enumerate() {
                 let needs_values = matches!(e.operator, LabelOperator::In | LabelOperator::NotIn);
@@ -230,6 +243,14 @@ impl Matcher {
             namespaces: spec.namespaces,
             selector: spec.label_selector,
         })
+    }
+
+    /// Whether some resource pattern of this block covers `resource` in `group` (with `sub`),
+    /// whatever the operation, namespace and labels.
+    pub(crate) fn reaches(&self, group: &str, resource: &str, sub: Option<&str>) -> bool {
+        self.resources
+            .iter()
+            .any(|p| p.matches(group, resource, sub))
     }
 
     /// Whether the request falls under this block.
@@ -272,6 +293,20 @@ impl Matcher {
         }
         true
     }
+}
+
+/// A namespace pattern is a name, or a prefix followed by one `*` at the end (`team-*`).
+pub(crate) fn check_namespace_pattern(pattern: &str) -> Result<(), String> {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    if body.contains('*') {
+        return Err(format!(
+            "`{pattern}`: `*` may only end a namespace pattern (team-* matches every namespace starting with team-); a `*` elsewhere would be taken literally"
+        ));
+    }
+    if pattern.is_empty() {
+        return Err("a namespace pattern must not be empty".into());
+    }
+    Ok(())
 }
 
 /// `team-*` matches every namespace starting with `team-`; otherwise names must be equal.
@@ -369,7 +404,7 @@ mod tests {
     #[rstest]
     #[case::plain("resources: [deployments]", "app", "CREATE", None, true)]
     #[case::group("resources: [apps/deployments]", "app", "UPDATE", None, true)]
-    #[case::wrong_group("resources: [extensions/deployments]", "app", "CREATE", None, false)]
+    #[case::wrong_group("resources: [example.com/deployments]", "app", "CREATE", None, false)]
     #[case::main_does_not_match_sub(
         "resources: [deployments]",
         "app",
@@ -451,6 +486,14 @@ mod tests {
     #[rstest]
     #[case("resources: []", "at least one resource")]
     #[case("resources: [Deployment]", "lower-case plural")]
+    #[case(
+        "{resources: [pods], namespaces: {include: ['*prod']}}",
+        "match.namespaces.include[0]: `*prod`: `*` may only end a namespace pattern"
+    )]
+    #[case(
+        "{resources: [pods], namespaces: {exclude: [team, 'a*b*']}}",
+        "match.namespaces.exclude[1]: `a*b*`: `*` may only end"
+    )]
     #[case(
         "{resources: [pods], labelSelector: {matchExpressions: [{key: a, operator: In}]}}",
         "needs values"

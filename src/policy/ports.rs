@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 
+use super::exempt::ExemptImages;
 use super::podspec::join_and;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::describe_object;
@@ -23,6 +24,13 @@ pub struct Ports {
     /// Allowed `hostPort`s; `[]` forbids host ports.
     #[serde(default)]
     host_ports: Option<Vec<PortRange>>,
+    /// Whether `hostNetwork: true` is acceptable when `hostPorts` is set: on the host network
+    /// every port a container opens is a host port, declared or not. Default false.
+    #[serde(default)]
+    allow_host_network: bool,
+    /// Images whose containers are not checked (`safeimages.com/*`).
+    #[serde(default)]
+    exempt_images: ExemptImages,
 }
 
 /// A port or an inclusive range of ports.
@@ -104,7 +112,13 @@ impl Ports {
         if self.container_ports.is_none() && self.host_ports.is_none() {
             return Err("params: set containerPorts, hostPorts or both".into());
         }
-        Ok(())
+        if self.allow_host_network && self.host_ports.is_none() {
+            return Err(
+                "params.allowHostNetwork: only means something with hostPorts (without hostPorts the host network is not restricted)"
+                    .into(),
+            );
+        }
+        self.exempt_images.validate("params.exemptImages")
     }
 
     /// Evaluates the ports of every container of the request's Pod or pod template.
@@ -114,7 +128,13 @@ impl Ports {
         };
         let host_network = template.host_network();
         let mut problems = Vec::new();
+        if host_network && self.host_ports.is_some() && !self.allow_host_network {
+            problems.push("hostNetwork: true (every port a container opens is a host port; set allowHostNetwork to accept it)".to_owned());
+        }
         for c in template.containers() {
+            if self.exempt_images.covers(c.image()) {
+                continue;
+            }
             let Some(ports) = c.ports else {
                 continue;
             };
@@ -241,7 +261,7 @@ mod tests {
 
     #[test]
     fn host_network_makes_container_ports_host_ports() {
-        let p = policy("hostPorts: [9100]\n");
+        let p = policy("hostPorts: [9100]\nallowHostNetwork: true\n");
         let spec = |port: i64| {
             json!({"hostNetwork": true,
                    "containers": [{"name": "exporter", "image": "e", "ports": [{"containerPort": port}]}]})
@@ -254,6 +274,41 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[rstest]
+    #[case::no_ports_empty_list("hostPorts: []", json!({"hostNetwork": true, "containers": [{"name": "x", "image": "busybox"}]}),
+        Some("Pod app-ns/web: hostNetwork: true (every port a container opens is a host port; set allowHostNetwork to accept it) not allowed; policy p allows hostPorts none"))]
+    #[case::with_listed_port("hostPorts: [9100]", json!({"hostNetwork": true, "containers": [{"name": "x", "image": "e", "ports": [{"containerPort": 9100}]}]}),
+        Some("Pod app-ns/web: hostNetwork: true (every port a container opens is a host port; set allowHostNetwork to accept it) not allowed; policy p allows hostPorts 9100"))]
+    #[case::allowed("{hostPorts: [], allowHostNetwork: true}", json!({"hostNetwork": true, "containers": [{"name": "x", "image": "busybox"}]}), None)]
+    #[case::container_ports_only("containerPorts: [80]", json!({"hostNetwork": true, "containers": [{"name": "x", "image": "busybox"}]}), None)]
+    #[case::pod_network("hostPorts: []", json!({"containers": [{"name": "x", "image": "busybox"}]}), None)]
+    fn host_network_violates_a_host_port_restriction(
+        #[case] yaml: &str,
+        #[case] spec: Value,
+        #[case] expected: Option<&str>,
+    ) {
+        let got = policy(yaml).evaluate("p", &create(pod(spec)));
+        match expected {
+            Some(m) => assert_eq!(got, Outcome::Violation(m.into())),
+            None => assert_eq!(got, Outcome::Pass),
+        }
+    }
+
+    #[test]
+    fn exempt_images_skip_their_containers() {
+        let p = policy("{containerPorts: [80], exemptImages: ['safeimages.com/*']}");
+        let spec = json!({"containers": [
+            {"name": "web", "image": "w", "ports": [{"containerPort": 80}]},
+            {"name": "agent", "image": "safeimages.com/agent", "ports": [{"containerPort": 9999}]}]});
+        assert_eq!(p.evaluate("p", &create(pod(spec))), Outcome::Pass);
+        let spec = json!({"containers": [
+            {"name": "agent", "image": "other.io/agent", "ports": [{"containerPort": 9999}]}]});
+        assert!(matches!(
+            p.evaluate("p", &create(pod(spec))),
+            Outcome::Violation(_)
+        ));
     }
 
     #[test]
@@ -282,6 +337,14 @@ mod tests {
     #[case("containerPorts: [9000-8000]", "the range ends before it starts")]
     #[case("containerPorts: [http]", "`http` is not a port")]
     #[case("containerPorts: [80-]", "`80-` is not a port")]
+    #[case(
+        "{containerPorts: [80], allowHostNetwork: true}",
+        "params.allowHostNetwork: only means something with hostPorts"
+    )]
+    #[case(
+        "{hostPorts: [], exemptImages: ['a*b/*']}",
+        "params.exemptImages[0]: `a*b/*` may hold `*` only at the end"
+    )]
     fn bad_params(#[case] yaml: &str, #[case] expected: &str) {
         let err = match serde_yaml::from_str::<Ports>(yaml) {
             Ok(p) => p.validate().unwrap_err(),

@@ -165,6 +165,13 @@ impl Ord for Quantity {
     }
 }
 
+impl Quantity {
+    /// Whether the value is below zero.
+    pub(crate) fn is_negative(&self) -> bool {
+        self.nanos < 0
+    }
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

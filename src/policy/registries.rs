@@ -14,6 +14,7 @@
 use oci_spec::distribution::Reference;
 use serde::Deserialize;
 
+use super::exempt::ExemptImages;
 use super::podspec::join_and;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::Review;
@@ -29,6 +30,9 @@ pub struct Registries {
     /// Every image must name a digest (`@sha256:…`).
     #[serde(default)]
     require_digest: bool,
+    /// Images no check of this policy applies to (`safeimages.com/*`).
+    #[serde(default)]
+    exempt_images: ExemptImages,
     #[serde(skip)]
     prefixes: Vec<Prefix>,
 }
@@ -40,17 +44,36 @@ struct Prefix {
     registry: String,
     /// Repository path prefix without slashes at either end; empty: the whole registry.
     path: String,
+    /// For an exact image entry (`bar.io/nginx:1.0`, `bar.io/nginx@sha256:…`): the tag and
+    /// digest that pin it; the repository must then equal `path`.
+    pin: Option<Pin>,
+}
+
+/// The tag and/or digest of an exact image entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pin {
+    tag: Option<String>,
+    digest: Option<String>,
 }
 
 impl Prefix {
     fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` {why}");
-        if text.contains(['*', '@']) || text.contains("://") {
+        if text.contains('*') || text.contains("://") {
             return Err(bad(
-                "must be a registry host or a repository prefix such as myregistry.io or ghcr.io/acme (no scheme, wildcard or digest)",
+                "must be a registry host, a repository prefix such as myregistry.io or ghcr.io/acme, or an exact image such as ghcr.io/acme/web:1.2 (no scheme or wildcard)",
             ));
         }
         let (host, path) = text.split_once('/').unwrap_or((text, ""));
+        // A tag is a `:` in the last segment, except a host's port (`myregistry.io:5000`).
+        let last = text.rsplit('/').next().unwrap_or(text);
+        let tagged = last.split_once(':').is_some_and(|(h, t)| {
+            text.contains('/') || !(h.contains('.') || t.parse::<u16>().is_ok())
+        });
+        let pinned = text.contains('@') || tagged;
+        if pinned {
+            return Self::parse_exact(text, host);
+        }
         if !(host.contains(['.', ':']) || host == "localhost") {
             return Err(bad(&format!(
                 "does not start with a registry host (a name with a dot or a port, or localhost); for Docker Hub write docker.io/{text}"
@@ -84,12 +107,43 @@ impl Prefix {
         Ok(Self {
             registry,
             path: path.to_owned(),
+            pin: None,
+        })
+    }
+
+    /// An exact image entry: a repository with a tag, a digest or both.
+    fn parse_exact(text: &str, host: &str) -> Result<Self, String> {
+        if !(host.contains(['.', ':']) || host == "localhost") || !text.contains('/') {
+            return Err(format!(
+                "`{text}` is an exact image and must start with its registry host (for Docker Hub write docker.io/library/… or docker.io/<user>/…)"
+            ));
+        }
+        let r = Reference::try_from(text).map_err(|e| {
+            format!("`{text}` is not a valid image reference ({e}); write a registry host, a repository prefix or an exact image such as ghcr.io/acme/web:1.2")
+        })?;
+        Ok(Self {
+            registry: r.registry().to_ascii_lowercase(),
+            path: r.repository().to_owned(),
+            pin: Some(Pin {
+                tag: r.tag().map(str::to_owned),
+                digest: r.digest().map(str::to_owned),
+            }),
         })
     }
 
     fn allows(&self, image: &Reference) -> bool {
         if !image.registry().eq_ignore_ascii_case(&self.registry) {
             return false;
+        }
+        if let Some(pin) = &self.pin {
+            // An exact entry: same repository, and the image pulled is the pinned one. A tag
+            // entry does not cover a digest the entry does not name (the digest wins on pull).
+            return image.repository() == self.path
+                && match (&pin.digest, image.digest()) {
+                    (Some(want), Some(got)) => want == got,
+                    (Some(_), None) => false,
+                    (None, got) => got.is_none() && pin.tag.as_deref() == image.tag(),
+                };
         }
         if self.path.is_empty() {
             return true;
@@ -107,7 +161,16 @@ impl std::fmt::Display for Prefix {
         if self.path.is_empty() {
             f.write_str(&self.registry)
         } else {
-            write!(f, "{}/{}", self.registry, self.path)
+            write!(f, "{}/{}", self.registry, self.path)?;
+            if let Some(pin) = &self.pin {
+                if let Some(t) = &pin.tag {
+                    write!(f, ":{t}")?;
+                }
+                if let Some(d) = &pin.digest {
+                    write!(f, "@{d}")?;
+                }
+            }
+            Ok(())
         }
     }
 }
@@ -124,6 +187,7 @@ impl Registries {
             .enumerate()
             .map(|(i, a)| Prefix::parse(a).map_err(|e| format!("params.allowed[{i}]: {e}")))
             .collect::<Result<_, _>>()?;
+        self.exempt_images.validate("params.exemptImages")?;
         // The reference parser compiles its (large) grammar regex on first use: about 47 ms in
         // a release build, against about 3 µs per image afterwards. Pay it at load, not on the
         // first admission.
@@ -133,6 +197,11 @@ impl Registries {
 
     /// Why `image` is not acceptable, or `None` when it is.
     fn judge(&self, image: &str) -> Option<String> {
+        if is_image_id(image) {
+            return Some(format!(
+                "image `{image}` is an image ID, not a pullable registry/repository[:tag][@digest] reference (the node would run whatever image it has cached under that ID)"
+            ));
+        }
         let reference = match Reference::try_from(image) {
             Ok(r) => r,
             Err(e) => {
@@ -142,8 +211,13 @@ impl Registries {
             }
         };
         if !self.prefixes.iter().any(|p| p.allows(&reference)) {
+            let what = if self.prefixes.iter().any(|p| p.pin.is_some()) {
+                "is neither from an allowed registry nor an allowed image"
+            } else {
+                "is not from an allowed registry"
+            };
             return Some(format!(
-                "image `{image}` ({}/{}) is not from an allowed registry",
+                "image `{image}` ({}/{}) {what}",
                 reference.registry(),
                 reference.repository()
             ));
@@ -163,6 +237,9 @@ impl Registries {
         };
         let mut problems = Vec::new();
         for c in template.containers() {
+            if self.exempt_images.covers(c.image()) {
+                continue;
+            }
             let problem = match c.image() {
                 Some(image) => self.judge(image),
                 None => Some("has no image".to_owned()),
@@ -186,6 +263,17 @@ impl Registries {
             join_and(&problems),
             allowed.join(", "),
         ))
+    }
+}
+
+/// A string a container runtime takes as a local image ID rather than a reference to pull:
+/// `sha256:<hex>` (the algorithm prefix with any length of hex) or a bare 64-hex ID.
+fn is_image_id(image: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let lower = image.to_ascii_lowercase();
+    match lower.split_once(':') {
+        Some((algo, rest)) if !algo.contains('/') && algo.starts_with("sha") => hex(rest),
+        _ => lower.len() == 64 && hex(&lower),
     }
 }
 
@@ -214,6 +302,7 @@ mod tests {
         let mut r = Registries {
             allowed: allowed.iter().map(|s| (*s).to_owned()).collect(),
             require_digest,
+            exempt_images: ExemptImages::default(),
             prefixes: Vec::new(),
         };
         r.validate().unwrap();
@@ -251,6 +340,9 @@ mod tests {
     #[case::invalid_uppercase_repo("myregistry.io/App", false)]
     #[case::invalid_short_digest("myregistry.io/app@sha256:abc", false)]
     #[case::empty("", false)]
+    #[case::image_id_with_algorithm(&DIGEST, false)]
+    #[case::image_id_short("sha256:4b7ce07a7c0f", false)]
+    #[case::image_id_bare(&DIGEST[7..], false)]
     fn images_are_matched_on_the_parsed_reference(#[case] image: &str, #[case] ok: bool) {
         let p = policy(
             &[
@@ -345,6 +437,8 @@ mod tests {
     #[case(&["nginx"], "params.allowed[0]: `nginx` does not start with a registry host")]
     #[case(&["library/nginx"], "for Docker Hub write docker.io/library/nginx")]
     #[case(&["myregistry.io", "*.azurecr.io"], "params.allowed[1]: `*.azurecr.io` must be a registry host")]
+    #[case(&["nginx:1.0"], "is an exact image and must start with its registry host")]
+    #[case(&["bar.io/nginx:"], "is not a valid image reference")]
     #[case(&["https://myregistry.io"], "no scheme")]
     #[case(&["myregistry.io:http"], "invalid registry host")]
     #[case(&["my_registry.io"], "invalid registry host")]
@@ -354,10 +448,80 @@ mod tests {
         let mut r = Registries {
             allowed: allowed.iter().map(|s| (*s).to_owned()).collect(),
             require_digest: false,
+            exempt_images: ExemptImages::default(),
             prefixes: Vec::new(),
         };
         let err = r.validate().unwrap_err();
         assert!(err.contains(expected), "{err}");
+    }
+
+    #[test]
+    fn an_image_id_is_named_as_such() {
+        let p = policy(&["docker.io/library"], false);
+        assert_eq!(
+            p.evaluate("r", &create(pod_with_image(DIGEST))),
+            Outcome::Violation(format!(
+                "Pod app-ns/web: container app image `{DIGEST}` is an image ID, not a pullable \
+                 registry/repository[:tag][@digest] reference (the node would run whatever image \
+                 it has cached under that ID); policy r allows images only from docker.io/library"
+            ))
+        );
+    }
+
+    #[rstest]
+    #[case::same_tag("bar.io/nginx:1.0", true)]
+    #[case::other_tag("bar.io/nginx:1.1", false)]
+    #[case::no_tag("bar.io/nginx", false)]
+    #[case::tag_plus_unnamed_digest(&format!("bar.io/nginx:1.0@{DIGEST}"), false)]
+    #[case::other_repo("bar.io/nginx-evil:1.0", false)]
+    #[case::short_hub_name_with_tag("ubuntu:20.14", true)]
+    #[case::hub_other_tag("ubuntu:22.04", false)]
+    #[case::pinned_digest(&format!("quay.io/app@{DIGEST}"), true)]
+    #[case::pinned_digest_any_tag(&format!("quay.io/app:2@{DIGEST}"), true)]
+    #[case::pinned_repo_without_digest("quay.io/app:2", false)]
+    fn exact_image_entries_pin_tag_or_digest(#[case] image: &str, #[case] ok: bool) {
+        let digest_entry = format!("quay.io/app@{DIGEST}");
+        let p = policy(
+            &[
+                "bar.io/nginx:1.0",
+                "docker.io/library/ubuntu:20.14",
+                &digest_entry,
+            ],
+            false,
+        );
+        let got = p.evaluate("r", &create(pod_with_image(image)));
+        assert_eq!(got == Outcome::Pass, ok, "{image}: {got:?}");
+    }
+
+    #[test]
+    fn exact_entry_message_does_not_contradict_itself() {
+        let p = policy(&["bar.io/nginx:1.0"], false);
+        assert_eq!(
+            p.evaluate("r", &create(pod_with_image("bar.io/nginx:2.0"))),
+            Outcome::Violation(
+                "Pod app-ns/web: container app image `bar.io/nginx:2.0` (bar.io/nginx) is neither \
+                 from an allowed registry nor an allowed image; policy r allows images only from bar.io/nginx:1.0"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn exempt_images_skip_their_containers_only() {
+        let mut p: Registries =
+            serde_yaml::from_str("allowed: [myregistry.io]\nexemptImages: ['safeimages.com/*']\n")
+                .unwrap();
+        p.validate().unwrap();
+        let ok = pod(json!({"containers": [
+            {"name": "app", "image": "myregistry.io/app:1"},
+            {"name": "agent", "image": "safeimages.com/agent:3"}]}));
+        assert_eq!(p.evaluate("r", &create(ok)), Outcome::Pass);
+        let bad = pod(json!({"containers": [
+            {"name": "agent", "image": "safeimages.com.evil.io/agent:3"}]}));
+        assert!(matches!(
+            p.evaluate("r", &create(bad)),
+            Outcome::Violation(_)
+        ));
     }
 
     #[test]
@@ -366,7 +530,8 @@ mod tests {
             Prefix::parse("Index.Docker.IO/library/").unwrap(),
             Prefix {
                 registry: "docker.io".into(),
-                path: "library".into()
+                path: "library".into(),
+                pin: None,
             }
         );
         assert_eq!(

@@ -3,8 +3,24 @@
 
 use serde::Deserialize;
 
+use super::matching::Matcher;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::{Review, describe_object, plural};
+
+/// The resources whose objects have replicas (Kubernetes 1.33), as `(group, resource)`; each
+/// also has a `scale` subresource.
+pub(crate) const REPLICATED: [(&str, &str); 4] = [
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "replicasets"),
+    ("", "replicationcontrollers"),
+];
+
+/// Whether a request for `resource` in `group` (and `sub`resource) carries a replica count.
+pub(crate) fn replicated(group: &str, resource: &str, sub: Option<&str>) -> bool {
+    matches!(sub, None | Some("") | Some("scale"))
+        && REPLICATED.iter().any(|&(g, r)| g == group && r == resource)
+}
 
 /// `params` of a `replicas` policy.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,8 +46,25 @@ impl Replicas {
         }
     }
 
-    /// Evaluates the request's object (the new one; DELETE and CONNECT pass).
+    /// Refuses a policy whose `match` can reach no resource that has replicas.
+    pub(crate) fn check_reach(&self, matcher: &Matcher) -> Result<(), String> {
+        let reaches = REPLICATED
+            .iter()
+            .any(|&(g, r)| matcher.reaches(g, r, None) || matcher.reaches(g, r, Some("scale")));
+        if reaches {
+            Ok(())
+        } else {
+            Err("match.resources: a replicas policy judges only deployments, statefulsets, replicasets, replicationcontrollers and their scale subresource, and this match reaches none of them".into())
+        }
+    }
+
+    /// Evaluates the request's object (the new one; DELETE and CONNECT pass). Only objects
+    /// that have replicas are judged (see [`REPLICATED`]); a DaemonSet, Pod or Service passes.
     pub fn evaluate(&self, policy: &str, req: &Review<'_>) -> Outcome {
+        let sub = req.sub_resource.as_deref();
+        if !replicated(&req.resource.group, &req.resource.resource, sub) {
+            return Outcome::Pass;
+        }
         let Some(obj) = req.object.as_ref() else {
             return Outcome::Pass;
         };
@@ -189,6 +222,42 @@ mod tests {
             )
         );
         assert_eq!(p.evaluate("cap", &deployment(json!(10))), Outcome::Pass);
+    }
+
+    #[rstest]
+    #[case::daemonset("apps", "daemonsets", None, "DaemonSet")]
+    #[case::pod("", "pods", None, "Pod")]
+    #[case::service("", "services", None, "Service")]
+    #[case::deployment_status("apps", "deployments", Some("status"), "Deployment")]
+    fn objects_without_replicas_pass(
+        #[case] group: &str,
+        #[case] resource: &str,
+        #[case] sub: Option<&str>,
+        #[case] kind: &str,
+    ) {
+        let req = request(json!({
+            "uid": "u", "operation": "CREATE", "name": "x", "namespace": "app-ns",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "subResource": sub,
+            "userInfo": {"username": "alice"},
+            "object": {"metadata": {"name": "x", "namespace": "app-ns"}, "spec": {}},
+        }));
+        assert_eq!(MIN3.evaluate("min-replicas", &req), Outcome::Pass);
+    }
+
+    #[rstest]
+    #[case("resources: ['apps/*']", true)]
+    #[case("resources: ['*']", true)]
+    #[case("resources: [deployments/scale]", true)]
+    #[case("resources: [replicationcontrollers]", true)]
+    #[case("resources: [daemonsets, pods]", false)]
+    #[case("resources: [apps/daemonsets]", false)]
+    #[case("resources: [example.com/deployments]", false)]
+    fn a_match_must_reach_something_with_replicas(#[case] yaml: &str, #[case] ok: bool) {
+        let m = Matcher::compile(serde_yaml::from_str(yaml).unwrap()).unwrap();
+        let got = MIN3.check_reach(&m);
+        assert_eq!(got.is_ok(), ok, "{yaml}: {got:?}");
     }
 
     #[rstest]

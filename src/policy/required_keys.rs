@@ -86,8 +86,12 @@ impl RequiredKeys {
                 return Err(format!("params.required[{i}].key: must not be empty"));
             }
             if let Some(p) = &r.pattern {
-                let re = Regex::new(&format!("^(?:{p})$"))
-                    .map_err(|e| format!("params.required[{i}].pattern: {e}"))?;
+                let re = Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    format!(
+                        "params.required[{i}].pattern: {}",
+                        super::messages::regex_error(p, &e)
+                    )
+                })?;
                 r.compiled = Some(re);
             }
         }
@@ -306,7 +310,7 @@ mod tests {
     #[case("required: [{key: ''}]", "params.required[0].key: must not be empty")]
     #[case(
         "required: [{key: a, pattern: '(unclosed'}]",
-        "params.required[0].pattern: regex parse error"
+        "params.required[0].pattern: `(unclosed` is not a valid regular expression: unclosed group"
     )]
     fn bad_params(#[case] yaml: &str, #[case] expected: &str) {
         let mut p: RequiredKeys = serde_yaml::from_str(yaml).unwrap();

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::exempt::ExemptImages;
 use super::podspec::{Container, Section, join_and};
 use super::quantity::Quantity;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
@@ -29,6 +30,9 @@ pub struct Resources {
     /// Rules for `resources.limits`.
     #[serde(default)]
     limits: Rules,
+    /// Images whose containers are not checked (`safeimages.com/*`).
+    #[serde(default)]
+    exempt_images: ExemptImages,
 }
 
 /// What one of `requests` / `limits` must hold.
@@ -88,15 +92,22 @@ impl Resources {
                     ));
                 }
             }
-            for name in rules.max.keys() {
+            for (name, max) in &rules.max {
                 if !valid_resource_name(name) {
                     return Err(format!(
                         "params.{}.max.{name}: `{name}` is not a resource name (cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource such as nvidia.com/gpu)",
                         which.field()
                     ));
                 }
+                if max.is_negative() {
+                    return Err(format!(
+                        "params.{}.max.{name}: `{max}` is negative; a maximum must be 0 or more",
+                        which.field()
+                    ));
+                }
             }
         }
+        self.exempt_images.validate("params.exemptImages")?;
         let empty = |r: &Rules| r.required.is_empty() && r.max.is_empty();
         if empty(&self.requests) && empty(&self.limits) {
             return Err(
@@ -187,6 +198,9 @@ impl Resources {
         };
         let mut problems = Vec::new();
         for c in template.containers_in(&SECTIONS) {
+            if self.exempt_images.covers(c.image()) {
+                continue;
+            }
             self.check_container(c, &mut problems);
         }
         if problems.is_empty() {
@@ -368,10 +382,36 @@ limits: {max: {memory: 8Gi, cpu: '4'}}
         "limits: {max: {gpu: 1}}",
         "params.limits.max.gpu: `gpu` is not a resource name"
     )]
+    #[case(
+        "limits: {max: {cpu: \"-1\"}}",
+        "params.limits.max.cpu: `-1` is negative; a maximum must be 0 or more"
+    )]
+    #[case(
+        "requests: {max: {memory: -512Mi}}",
+        "params.requests.max.memory: `-512Mi` is negative"
+    )]
+    #[case(
+        "{limits: {required: [cpu]}, exemptImages: [busybox]}",
+        "params.exemptImages[0]: `busybox` must start with a registry host"
+    )]
     fn bad_params(#[case] yaml: &str, #[case] expected: &str) {
         let r: Resources = serde_yaml::from_str(yaml).unwrap();
         let err = r.validate().unwrap_err();
         assert!(err.contains(expected), "{err}");
+    }
+
+    #[test]
+    fn exempt_images_skip_their_containers() {
+        let p = policy("{limits: {required: [memory]}, exemptImages: ['safeimages.com/*']}");
+        let obj = pod(json!({"containers": [
+            {"name": "web", "image": "w", "resources": {"limits": {"memory": "1Gi"}}},
+            {"name": "agent", "image": "safeimages.com/agent:1"}]}));
+        assert_eq!(p.evaluate("mem-limit", &create(obj)), Outcome::Pass);
+        let obj = pod(json!({"containers": [{"name": "agent", "image": "elsewhere.io/agent:1"}]}));
+        assert!(matches!(
+            p.evaluate("mem-limit", &create(obj)),
+            Outcome::Violation(m) if m.contains("container agent has no memory limit")
+        ));
     }
 
     #[test]

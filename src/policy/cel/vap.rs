@@ -618,6 +618,9 @@ pub(crate) fn policies(
                 name: "ValidatingAdmissionPolicy",
                 check: std::sync::Arc::new(vap),
             },
+            // Gatehouse's rule for every kind: cleanup updates (deletion, bookkeeping) are
+            // not judged.
+            judge_cleanup: false,
             source: source.to_owned(),
         });
     }
