@@ -1275,12 +1275,20 @@ mod tests {
     /// The one-pass walk finds the same parts as reading them with serde_json.
     #[rstest]
     #[case::deployment(r#"{"apiVersion":"apps/v1","metadata":{"name":"a","spec":1},"spec":{"replicas":3,"selector":{"replicas":9},"template":{"spec":{"containers":[]}}}}"#)]
-    #[case::spaces("{ \"spec\" :\n { \"replicas\" : 2 , \"containers\" : [ {\"a\":\"}\\\"\"} ] } ,\"metadata\" : {} }")]
+    #[case::spaces(
+        "{ \"spec\" :\n { \"replicas\" : 2 , \"containers\" : [ {\"a\":\"}\\\"\"} ] } ,\"metadata\" : {} }"
+    )]
     #[case::duplicate_spec(r#"{"spec":{"replicas":3,"template":{}},"spec":{"containers":[1]}}"#)]
     #[case::spec_not_object(r#"{"spec":{"replicas":3},"spec":[{"replicas":4}]}"#)]
-    #[case::duplicate_key(r#"{"spec":{"replicas":3,"replicas":"x"},"template":{"t":[]},"template":null}"#)]
-    #[case::cronjob(r#"{"kind":"CronJob","spec":{"jobTemplate":{"spec":{"template":{"spec":{}}}}}}"#)]
-    #[case::nested_keys(r#"{"status":{"spec":{"replicas":1}},"x":[{"spec":2}],"spec":{"y":{"replicas":5}}}"#)]
+    #[case::duplicate_key(
+        r#"{"spec":{"replicas":3,"replicas":"x"},"template":{"t":[]},"template":null}"#
+    )]
+    #[case::cronjob(
+        r#"{"kind":"CronJob","spec":{"jobTemplate":{"spec":{"template":{"spec":{}}}}}}"#
+    )]
+    #[case::nested_keys(
+        r#"{"status":{"spec":{"replicas":1}},"x":[{"spec":2}],"spec":{"y":{"replicas":5}}}"#
+    )]
     #[case::strings_with_brackets(r#"{"a":"{[\\","spec":{"b":"]}","replicas":7}}"#)]
     #[case::escaped_other_key(r#"{"a\u0062":1,"spec":{"replicas":1}}"#)]
     #[case::escaped_wanted_key(r#"{"sp\u0065c":{"replicas":2}}"#)]
@@ -1327,10 +1335,22 @@ mod tests {
         let v: Value = serde_json::from_str(text).expect("json");
         let spec = v.get("spec").filter(|s| s.is_object());
         let part = |r: Option<Raw<'_>>| r.map(Raw::to_value);
-        assert_eq!(part(obj.replicas), spec.and_then(|s| s.get("replicas")).cloned());
-        assert_eq!(part(obj.spec_template), spec.and_then(|s| s.get("template")).cloned());
-        assert_eq!(part(obj.job_template), spec.and_then(|s| s.get("jobTemplate")).cloned());
-        assert_eq!(part(obj.spec_containers), spec.and_then(|s| s.get("containers")).cloned());
+        assert_eq!(
+            part(obj.replicas),
+            spec.and_then(|s| s.get("replicas")).cloned()
+        );
+        assert_eq!(
+            part(obj.spec_template),
+            spec.and_then(|s| s.get("template")).cloned()
+        );
+        assert_eq!(
+            part(obj.job_template),
+            spec.and_then(|s| s.get("jobTemplate")).cloned()
+        );
+        assert_eq!(
+            part(obj.spec_containers),
+            spec.and_then(|s| s.get("containers")).cloned()
+        );
     }
 
     #[test]

@@ -313,8 +313,8 @@ mod tests {
     use super::{LogObject, LogPolicies, request_deadline};
     use crate::admission::testing::request;
     use crate::policy::{Decision, Finding};
-    use serde_json::json;
     use rstest::rstest;
+    use serde_json::json;
     use std::time::Duration;
 
     #[rstest]
