@@ -481,7 +481,7 @@ fn scan_object(text: &str, limit: usize) -> Result<Scan, bool> {
                 }
             }
             b'}' | b']' => {
-                if depth <= 2 && depth >= 1 {
+                if (1..=2).contains(&depth) {
                     close(&mut pending[depth], i, &mut out, depth);
                 }
                 if depth == 2 {
@@ -489,11 +489,9 @@ fn scan_object(text: &str, limit: usize) -> Result<Scan, bool> {
                 }
                 depth = depth.saturating_sub(1);
             }
-            b',' => {
-                if (1..=2).contains(&depth) {
-                    close(&mut pending[depth], i, &mut out, depth);
-                    expect_key[depth] = in_object[depth];
-                }
+            b',' if (1..=2).contains(&depth) => {
+                close(&mut pending[depth], i, &mut out, depth);
+                expect_key[depth] = in_object[depth];
             }
             _ => {}
         }
