@@ -302,6 +302,14 @@ pub struct Object<'a> {
     pub spec: Option<Raw<'a>>,
     /// `template` (a PodTemplate's).
     pub template: Option<Raw<'a>>,
+    /// `spec.replicas`.
+    pub replicas: Option<Raw<'a>>,
+    /// `spec.template` (a workload's pod template).
+    pub spec_template: Option<Raw<'a>>,
+    /// `spec.jobTemplate` (a CronJob's).
+    pub job_template: Option<Raw<'a>>,
+    /// `spec.containers` (a Pod's).
+    pub spec_containers: Option<Raw<'a>>,
     /// `metadata.name`.
     pub name: Option<Cow<'a, str>>,
     /// `metadata.generateName`.
@@ -359,6 +367,139 @@ fn depth_within(text: &str, limit: usize) -> bool {
     true
 }
 
+/// What one pass over an object's text finds: whether it nests within the depth limit, and
+/// where the values of the top-level keys and of `spec`'s keys that later readers need are.
+#[derive(Default)]
+struct Scan {
+    /// `metadata`, `spec`, `template`.
+    top: [Option<(usize, usize)>; 3],
+    /// `spec.replicas`, `spec.template`, `spec.jobTemplate`, `spec.containers`.
+    spec: [Option<(usize, usize)>; 4],
+}
+
+const TOP_KEYS: [&str; 3] = ["metadata", "spec", "template"];
+const SPEC_KEYS: [&str; 4] = ["replicas", "template", "jobTemplate", "containers"];
+
+/// Whether `b` is JSON whitespace.
+fn json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Walks valid JSON object text once (strings skipped with memchr): `Err(true)` when it nests
+/// deeper than `limit`, `Err(false)` when a key the walk would compare has escapes (the caller
+/// then reads the fields the slower way), else the value ranges of [`TOP_KEYS`] and, when
+/// `spec` is an object, of [`SPEC_KEYS`] (the last of duplicate keys wins).
+fn scan_object(text: &str, limit: usize) -> Result<Scan, bool> {
+    let bytes = text.as_bytes();
+    let mut out = Scan::default();
+    let mut depth = 0usize;
+    // Whether the container at each of the first two levels is an object.
+    let mut in_object = [false; 3];
+    // Per level 1 and 2: whether the next string is a key, the key index being read and
+    // where its value starts.
+    let mut expect_key = [false; 3];
+    let mut pending: [Option<(usize, usize)>; 3] = [None; 3];
+    // Whether level 2 is the object value of `spec`.
+    let mut in_spec = false;
+    let mut i = 0;
+    let close = |pending: &mut Option<(usize, usize)>, end: usize, out: &mut Scan, level: usize| {
+        if let Some((key, start)) = pending.take() {
+            let mut e = end;
+            while e > start && json_space(bytes[e - 1]) {
+                e -= 1;
+            }
+            if level == 1 {
+                out.top[key] = Some((start, e));
+            } else {
+                out.spec[key] = Some((start, e));
+            }
+        }
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let mut escaped = false;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[j..]) {
+                        Some(k) if bytes[j + k] == b'\\' => {
+                            escaped = true;
+                            j += k + 2;
+                        }
+                        Some(k) => {
+                            j += k;
+                            break;
+                        }
+                        None => return Ok(out),
+                    }
+                }
+                if (1..=2).contains(&depth) && expect_key[depth] {
+                    expect_key[depth] = false;
+                    let wanted: &[&str] = if depth == 1 {
+                        &TOP_KEYS
+                    } else if in_spec {
+                        &SPEC_KEYS
+                    } else {
+                        &[]
+                    };
+                    if !wanted.is_empty() {
+                        if escaped {
+                            return Err(false);
+                        }
+                        let key = &text[start..j];
+                        if let Some(k) = wanted.iter().position(|w| *w == key) {
+                            // The value starts after the colon and any whitespace.
+                            let mut v = j + 1;
+                            while v < bytes.len() && (json_space(bytes[v]) || bytes[v] == b':') {
+                                v += 1;
+                            }
+                            pending[depth] = Some((k, v));
+                            if depth == 1 && k == 1 {
+                                out.spec = [None; 4];
+                            }
+                        }
+                    }
+                }
+                i = j + 1;
+                continue;
+            }
+            b'{' | b'[' => {
+                if depth == 1 {
+                    // Level 2 is `spec`'s object when the pending top key is `spec`.
+                    in_spec = b == b'{' && matches!(pending[1], Some((1, s)) if s == i);
+                }
+                depth += 1;
+                if depth > limit {
+                    return Err(true);
+                }
+                if depth <= 2 {
+                    in_object[depth] = b == b'{';
+                    expect_key[depth] = b == b'{';
+                    pending[depth] = None;
+                }
+            }
+            b'}' | b']' => {
+                if (1..=2).contains(&depth) {
+                    close(&mut pending[depth], i, &mut out, depth);
+                }
+                if depth == 2 {
+                    in_spec = false;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b',' if (1..=2).contains(&depth) => {
+                close(&mut pending[depth], i, &mut out, depth);
+                expect_key[depth] = in_object[depth];
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
 impl<'a> Object<'a> {
     fn read(raw: &'a RawValue, field: &str) -> Result<Self, DecodeError> {
         let raw = Raw::of(raw);
@@ -367,12 +508,29 @@ impl<'a> Object<'a> {
                 "request.{field} must be a JSON object"
             )));
         }
-        if !depth_within(raw.text(), MAX_OBJECT_DEPTH) {
-            return Err(DecodeError::Json(format!(
+        // One pass finds the depth and the parts later readers need.
+        let text = raw.text();
+        let slice = |r: Option<(usize, usize)>| r.map(|(a, b)| Raw(&text[a..b]));
+        let too_deep = || {
+            DecodeError::Json(format!(
                 "request.{field} is nested deeper than the recursion limit ({MAX_OBJECT_DEPTH} levels)"
-            )));
-        }
-        let [metadata, spec, template] = raw.fields(["metadata", "spec", "template"]);
+            ))
+        };
+        let ([metadata, spec, template], [replicas, spec_template, job_template, containers]) =
+            match scan_object(text, MAX_OBJECT_DEPTH) {
+                Ok(scan) => (scan.top.map(slice), scan.spec.map(slice)),
+                Err(true) => return Err(too_deep()),
+                // A wanted key with escapes: check the depth and read the fields with
+                // serde_json.
+                Err(false) => {
+                    if !depth_within(text, MAX_OBJECT_DEPTH) {
+                        return Err(too_deep());
+                    }
+                    let top = raw.fields(TOP_KEYS);
+                    let spec = top[1].map_or([None; 4], |s| s.fields(SPEC_KEYS));
+                    (top, spec)
+                }
+            };
         let metadata = metadata.filter(|m| !m.is_null());
         let bad = |what: &str| DecodeError::Json(format!("request.{field}.metadata{what}"));
         let mut obj = Object {
@@ -380,6 +538,10 @@ impl<'a> Object<'a> {
             metadata,
             spec,
             template,
+            replicas,
+            spec_template,
+            job_template,
+            spec_containers: containers,
             name: None,
             generate_name: None,
             labels: None,
@@ -1106,5 +1268,94 @@ mod tests {
         #[case] ok: bool,
     ) {
         assert_eq!(depth_within(text, limit), ok, "{text}");
+    }
+
+    /// The one-pass walk finds the same parts as reading them with serde_json.
+    #[rstest]
+    #[case::deployment(r#"{"apiVersion":"apps/v1","metadata":{"name":"a","spec":1},"spec":{"replicas":3,"selector":{"replicas":9},"template":{"spec":{"containers":[]}}}}"#)]
+    #[case::spaces(
+        "{ \"spec\" :\n { \"replicas\" : 2 , \"containers\" : [ {\"a\":\"}\\\"\"} ] } ,\"metadata\" : {} }"
+    )]
+    #[case::duplicate_spec(r#"{"spec":{"replicas":3,"template":{}},"spec":{"containers":[1]}}"#)]
+    #[case::spec_not_object(r#"{"spec":{"replicas":3},"spec":[{"replicas":4}]}"#)]
+    #[case::duplicate_key(
+        r#"{"spec":{"replicas":3,"replicas":"x"},"template":{"t":[]},"template":null}"#
+    )]
+    #[case::cronjob(
+        r#"{"kind":"CronJob","spec":{"jobTemplate":{"spec":{"template":{"spec":{}}}}}}"#
+    )]
+    #[case::nested_keys(
+        r#"{"status":{"spec":{"replicas":1}},"x":[{"spec":2}],"spec":{"y":{"replicas":5}}}"#
+    )]
+    #[case::strings_with_brackets(r#"{"a":"{[\\","spec":{"b":"]}","replicas":7}}"#)]
+    #[case::escaped_other_key(r#"{"a\u0062":1,"spec":{"replicas":1}}"#)]
+    #[case::escaped_wanted_key(r#"{"sp\u0065c":{"replicas":2}}"#)]
+    #[case::empty("{}")]
+    fn one_pass_finds_what_serde_finds(#[case] text: &str) {
+        let body = serde_json::to_vec(&json!({
+            "apiVersion": V1, "kind": "AdmissionReview",
+            "request": {"uid": "u", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                        "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                        "operation": "CREATE", "userInfo": {},
+                        "object": serde_json::from_str::<Value>(text).expect("test json")},
+        }))
+        .expect("json");
+        // serde_json re-serializes the object compactly; walk the original text too.
+        for text in [text.to_owned(), {
+            let v: Value = serde_json::from_slice(&body).expect("json");
+            v["request"]["object"].to_string()
+        }] {
+            let raw = Raw(&text);
+            let top = raw.fields(TOP_KEYS);
+            let spec = top[1].map_or([None; 4], |s| s.fields(SPEC_KEYS));
+            let text_of = |r: Option<Raw<'_>>| r.map(|r| r.text().to_owned());
+            let want: Vec<_> = top.iter().chain(spec.iter()).map(|r| text_of(*r)).collect();
+            match scan_object(&text, MAX_OBJECT_DEPTH) {
+                Ok(scan) => {
+                    let got: Vec<_> = scan
+                        .top
+                        .iter()
+                        .chain(scan.spec.iter())
+                        .map(|r| r.map(|(a, b)| text[a..b].to_owned()))
+                        .collect();
+                    assert_eq!(got, want, "{text}");
+                }
+                Err(deep) => {
+                    assert!(!deep, "{text}");
+                    // Any key with escapes where wanted keys live: read the slower way.
+                    assert!(text.contains("\\u00"), "{text}");
+                }
+            }
+        }
+        // And the decoded review carries them, whichever way they were found.
+        let review = testing::leak(body).expect("valid review");
+        let obj = review.object.expect("object");
+        let v: Value = serde_json::from_str(text).expect("json");
+        let spec = v.get("spec").filter(|s| s.is_object());
+        let part = |r: Option<Raw<'_>>| r.map(Raw::to_value);
+        assert_eq!(
+            part(obj.replicas),
+            spec.and_then(|s| s.get("replicas")).cloned()
+        );
+        assert_eq!(
+            part(obj.spec_template),
+            spec.and_then(|s| s.get("template")).cloned()
+        );
+        assert_eq!(
+            part(obj.job_template),
+            spec.and_then(|s| s.get("jobTemplate")).cloned()
+        );
+        assert_eq!(
+            part(obj.spec_containers),
+            spec.and_then(|s| s.get("containers")).cloned()
+        );
+    }
+
+    #[test]
+    fn one_pass_refuses_deep_objects() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(126), "]".repeat(126));
+        assert!(matches!(scan_object(&deep, MAX_OBJECT_DEPTH), Err(true)));
+        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(125), "]".repeat(125));
+        assert!(scan_object(&ok, MAX_OBJECT_DEPTH).is_ok());
     }
 }

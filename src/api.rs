@@ -216,6 +216,39 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `namespace/name` (or `name`) of the reviewed object for the log line, written straight
+/// into the line.
+struct LogObject<'r, 'a>(&'r admission::Review<'a>);
+
+impl std::fmt::Display for LogObject<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0.namespace.as_deref().unwrap_or("");
+        if !ns.is_empty() {
+            f.write_str(ns)?;
+            f.write_str("/")?;
+        }
+        f.write_str(&admission::object_name(self.0))
+    }
+}
+
+/// The policies that denied, warned or audited, comma-separated, for the log line (as
+/// `Decision::fired` joined, without building the list).
+struct LogPolicies<'d>(&'d crate::policy::Decision);
+
+impl std::fmt::Display for LogPolicies<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        let all = d.denials.iter().chain(&d.warnings).chain(&d.audits);
+        for (i, finding) in all.enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&finding.policy)?;
+        }
+        Ok(())
+    }
+}
+
 async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req = match admission::decode(&body) {
@@ -258,17 +291,16 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
             counters.count(name, result);
         }
     }
-    let ns = req.namespace.as_deref().unwrap_or("");
     tracing::info!(
         uid = %req.uid,
         kind = %req.kind.kind,
-        object = %format_args!("{}{}{}", ns, if ns.is_empty() { "" } else { "/" }, admission::object_name(&req)),
+        object = %LogObject(&req),
         sub_resource = req.sub_resource.as_deref().unwrap_or(""),
         operation = ?req.operation,
         user = req.user_info.username.as_deref().unwrap_or(""),
         dry_run = req.dry_run,
         decision = label,
-        policies = %decision.fired().join(","),
+        policies = %LogPolicies(&decision),
         latency_us = elapsed.as_micros() as u64,
         "admission"
     );
@@ -278,8 +310,11 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
 
 #[cfg(test)]
 mod tests {
-    use super::request_deadline;
+    use super::{LogObject, LogPolicies, request_deadline};
+    use crate::admission::testing::request;
+    use crate::policy::{Decision, Finding};
     use rstest::rstest;
+    use serde_json::json;
     use std::time::Duration;
 
     #[rstest]
@@ -296,5 +331,40 @@ mod tests {
             request_deadline(Duration::from_secs(9), query),
             Duration::from_millis(ms)
         );
+    }
+
+    #[rstest]
+    #[case::namespaced(json!({"name": "web", "namespace": "app-ns"}), json!({"metadata": {}}), "app-ns/web")]
+    #[case::cluster(json!({"name": "web"}), json!({"metadata": {}}), "web")]
+    #[case::generate_name(json!({"namespace": "app-ns"}), json!({"metadata": {"generateName": "web-"}}), "app-ns/web-*")]
+    #[case::unnamed(json!({"namespace": ""}), json!({"metadata": {}}), "(unnamed)")]
+    fn log_line_names_the_object(
+        #[case] fields: serde_json::Value,
+        #[case] object: serde_json::Value,
+        #[case] expected: &str,
+    ) {
+        let mut r = json!({"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                           "resource": {"group": "", "version": "v1", "resource": "pods"},
+                           "operation": "CREATE", "userInfo": {}, "object": object});
+        for (k, v) in fields.as_object().expect("fields") {
+            r[k] = v.clone();
+        }
+        assert_eq!(LogObject(&request(r)).to_string(), expected);
+    }
+
+    #[test]
+    fn log_line_lists_the_policies_that_fired() {
+        let f = |p: &str| Finding {
+            policy: p.into(),
+            message: "m".into(),
+        };
+        let mut d = Decision::default();
+        assert_eq!(LogPolicies(&d).to_string(), "");
+        d.denials = vec![f("a"), f("b")];
+        d.warnings = vec![f("c")];
+        d.audits = vec![f("d")];
+        d.skipped = vec![f("e")];
+        assert_eq!(LogPolicies(&d).to_string(), "a,b,c,d");
+        assert_eq!(LogPolicies(&d).to_string(), d.fired().join(","));
     }
 }

@@ -137,16 +137,18 @@ fn eq_ignoring<'a>(a: Raw<'a>, b: Raw<'a>, ignored: &[&[String]]) -> bool {
 /// Deployment, StatefulSet, DaemonSet, ReplicaSet or Job, `spec.jobTemplate.spec.template.spec`
 /// of a CronJob.
 fn pod_spec<'a>(obj: &Object<'a>) -> Option<Raw<'a>> {
+    // The parts of `spec` were found when the review was decoded.
     let spec = obj.spec?;
-    let [template, job_template, containers] =
-        spec.fields(["template", "jobTemplate", "containers"]);
-    if let Some(s) = template.and_then(|t| t.get("spec")) {
+    if let Some(s) = obj.spec_template.and_then(|t| t.get("spec")) {
         return Some(s);
     }
-    if let Some(s) = job_template.and_then(|t| t.pointer(&["spec", "template", "spec"])) {
+    if let Some(s) = obj
+        .job_template
+        .and_then(|t| t.pointer(&["spec", "template", "spec"]))
+    {
         return Some(s);
     }
-    containers.map(|_| spec)
+    obj.spec_containers.map(|_| spec)
 }
 
 /// `(container, image)` of the init containers and containers, in order. Reads only the
@@ -210,8 +212,7 @@ pub fn replicas(req: &Review<'_>) -> Option<Change<i64>> {
     }
     let count = |o: Option<&Object<'_>>| {
         o.map(|o| {
-            o.spec
-                .and_then(|s| s.get("replicas"))
+            o.replicas
                 .and_then(Raw::as_i64)
                 .unwrap_or(if scale { 0 } else { 1 })
         })

@@ -130,13 +130,13 @@ impl<'a> PodTemplate<'a> {
             | "ReplicaSet"
             | "ReplicationController"
             | "Job" => {
-                let [m, s] = obj.spec?.get("template")?.fields(["metadata", "spec"]);
+                let [m, s] = obj.spec_template?.fields(["metadata", "spec"]);
                 (m, s?, false)
             }
             "CronJob" => {
                 let [m, s] = obj
-                    .spec?
-                    .pointer(&["jobTemplate", "spec", "template"])?
+                    .job_template?
+                    .pointer(&["spec", "template"])?
                     .fields(["metadata", "spec"]);
                 (m, s?, false)
             }

@@ -69,8 +69,8 @@ impl Replicas {
             return Outcome::Pass;
         };
         let is_scale = req.is_scale();
-        // Only `spec.replicas` is read; the rest of the object is skipped.
-        let (count, unset) = match obj.spec.and_then(|s| s.get("replicas")) {
+        // Only `spec.replicas` is read, found when the review was decoded.
+        let (count, unset) = match obj.replicas {
             Some(v) => match v.as_i64() {
                 Some(n) => (n, false),
                 None => {
