@@ -344,7 +344,10 @@ fn depth_within(text: &str, limit: usize) -> bool {
                 // Skip the string, honouring escapes.
                 let mut j = off + 1;
                 loop {
-                    match memchr::memchr2(b'"', b'\\', &bytes[j..]) {
+                    match bytes
+                        .get(j..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    {
                         Some(k) if bytes[j + k] == b'\\' => j += k + 2,
                         Some(k) => {
                             j += k + 1;
@@ -423,7 +426,10 @@ fn scan_object(text: &str, limit: usize) -> Result<Scan, bool> {
                 let mut j = start;
                 let mut escaped = false;
                 loop {
-                    match memchr::memchr2(b'"', b'\\', &bytes[j..]) {
+                    match bytes
+                        .get(j..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    {
                         Some(k) if bytes[j + k] == b'\\' => {
                             escaped = true;
                             j += k + 2;
@@ -1262,6 +1268,10 @@ mod tests {
     #[case(r#"{"a":"\\\"[[[["}"#, 1, true)]
     #[case(r#"[[]],[[]],[[]]"#, 2, true)]
     #[case(r#"[[]],[[[]]]"#, 2, false)]
+    // Not JSON (decode measures the depth of a body that failed to parse): a backslash as the
+    // last byte of an unterminated string ends the scan instead of reading past the text.
+    #[case(r#"{"a":"\"#, 1, true)]
+    #[case(r#"{"a":"x\"#, 1, true)]
     fn depth_counts_brackets_outside_strings(
         #[case] text: &str,
         #[case] limit: usize,
