@@ -430,69 +430,12 @@ fn compile(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled,
 }
 
 fn depth(e: &IdedExpr) -> usize {
-    1 + match &e.expr {
-        Expr::Select(sel) => depth(&sel.operand),
-        Expr::Call(call) => call
-            .target
-            .iter()
-            .map(|t| depth(t))
-            .chain(call.args.iter().map(depth))
-            .max()
-            .unwrap_or(0),
-        Expr::List(list) => list.elements.iter().map(depth).max().unwrap_or(0),
-        Expr::Map(::cel::common::ast::MapExpr { entries: m })
-        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
-            .iter()
-            .map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(me) => depth(&me.key).max(depth(&me.value)),
-                EntryExpr::StructField(f) => depth(&f.value),
-            })
-            .max()
-            .unwrap_or(0),
-        Expr::Comprehension(c) => [
-            &c.iter_range,
-            &c.accu_init,
-            &c.loop_cond,
-            &c.loop_step,
-            &c.result,
-        ]
-        .into_iter()
-        .map(depth)
-        .max()
-        .unwrap_or(0),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
-    }
+    1 + children(e).into_iter().map(depth).max().unwrap_or(0)
 }
 
 /// Node count of an expression tree.
 fn nodes(e: &IdedExpr) -> usize {
-    1 + match &e.expr {
-        Expr::Select(sel) => nodes(&sel.operand),
-        Expr::Call(call) => {
-            call.target.iter().map(|t| nodes(t)).sum::<usize>()
-                + call.args.iter().map(nodes).sum::<usize>()
-        }
-        Expr::List(list) => list.elements.iter().map(nodes).sum(),
-        Expr::Map(::cel::common::ast::MapExpr { entries: m })
-        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
-            .iter()
-            .map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(me) => nodes(&me.key) + nodes(&me.value),
-                EntryExpr::StructField(f) => nodes(&f.value),
-            })
-            .sum(),
-        Expr::Comprehension(c) => [
-            &c.iter_range,
-            &c.accu_init,
-            &c.loop_cond,
-            &c.loop_step,
-            &c.result,
-        ]
-        .into_iter()
-        .map(nodes)
-        .sum(),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 0,
-    }
+    1 + children(e).into_iter().map(nodes).sum::<usize>()
 }
 
 /// The largest comprehension step (condition and body) in an expression, in nodes.
@@ -501,39 +444,38 @@ fn step_cost(e: &IdedExpr) -> usize {
         Expr::Comprehension(c) => nodes(&c.loop_cond) + nodes(&c.loop_step),
         _ => 1,
     };
-    let below = match &e.expr {
-        Expr::Select(sel) => step_cost(&sel.operand),
+    let below = children(e).into_iter().map(step_cost).max().unwrap_or(1);
+    here.max(below)
+}
+
+/// The direct sub-expressions of an expression (for the load-time walks above).
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    match &e.expr {
+        Expr::Select(sel) => vec![&sel.operand],
         Expr::Call(call) => call
             .target
             .iter()
-            .map(|t| step_cost(t))
-            .chain(call.args.iter().map(step_cost))
-            .max()
-            .unwrap_or(1),
-        Expr::List(list) => list.elements.iter().map(step_cost).max().unwrap_or(1),
+            .map(|t| &**t)
+            .chain(call.args.iter())
+            .collect(),
+        Expr::List(list) => list.elements.iter().collect(),
         Expr::Map(::cel::common::ast::MapExpr { entries: m })
         | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => m
             .iter()
-            .map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(me) => step_cost(&me.key).max(step_cost(&me.value)),
-                EntryExpr::StructField(f) => step_cost(&f.value),
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
             })
-            .max()
-            .unwrap_or(1),
-        Expr::Comprehension(c) => [
+            .collect(),
+        Expr::Comprehension(c) => vec![
             &c.iter_range,
             &c.accu_init,
             &c.loop_cond,
             &c.loop_step,
             &c.result,
-        ]
-        .into_iter()
-        .map(step_cost)
-        .max()
-        .unwrap_or(1),
-        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => 1,
-    };
-    here.max(below)
+        ],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
 }
 
 fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Compiled, String> {
