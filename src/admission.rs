@@ -1,8 +1,12 @@
 //! AdmissionReview ⇄ engine. A review is decoded once into a [`Review`] that borrows from the
-//! body: the envelope's fields are read, `object` and `oldObject` stay raw JSON text ([`Raw`])
-//! that each policy kind reads only as far as it needs. Answers are built with
-//! `kube::core::admission`'s response types, so they carry the same `apiVersion`, `kind` and
-//! `uid` as the review.
+//! body: one pass over the body ([`json`]) checks it is JSON, reads the envelope's fields and
+//! passes over `object` and `oldObject`, noting where the parts later readers need sit
+//! (`metadata`, `spec`, the pod template, `spec.replicas`) and building nothing else. The
+//! objects stay raw JSON text ([`Raw`]) that each policy kind reads only as far as it needs.
+//! Answers are built with `kube::core::admission`'s response types, so they carry the same
+//! `apiVersion`, `kind` and `uid` as the review.
+
+mod json;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,12 +15,10 @@ use std::sync::OnceLock;
 use kube::core::admission::{AdmissionResponse, AdmissionReview, Operation};
 use kube::core::response::StatusSummary;
 use kube::core::{DynamicObject, Status, TypeMeta};
-use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 use crate::policy::Decision;
 use crate::policy::podspec::PodTemplate;
+use json::{Items, Members};
 
 /// `admission.k8s.io/v1`
 pub const V1: &str = "admission.k8s.io/v1";
@@ -55,8 +57,16 @@ pub enum DecodeError {
     NoObject(&'static str),
 }
 
-/// The JSON text of one value inside a review body, validated but not built. Reading a field
-/// walks the text and skips what it does not need without allocating.
+/// The deepest nesting of arrays and objects accepted in a review body (the envelope counts).
+pub const MAX_BODY_DEPTH: usize = 128;
+
+/// The deepest nesting accepted in an object (the object itself counts): the body's limit
+/// less the envelope and `request` around it. Policies read parts of the objects later and
+/// must never find a part unreadable, so the whole object is held to it at decode time.
+pub const MAX_OBJECT_DEPTH: usize = MAX_BODY_DEPTH - 2;
+
+/// The JSON text of one value inside a review body, checked at decode time but not built.
+/// Reading a field walks the text and skips what it does not need without allocating.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Raw<'a>(&'a str);
 
@@ -78,10 +88,6 @@ impl fmt::Debug for Raw<'_> {
 }
 
 impl<'a> Raw<'a> {
-    fn of(raw: &'a RawValue) -> Self {
-        Raw(raw.get())
-    }
-
     /// The JSON text.
     pub fn text(self) -> &'a str {
         self.0
@@ -99,22 +105,19 @@ impl<'a> Raw<'a> {
 
     /// The value as a string, borrowed unless it has escapes.
     pub fn as_str(self) -> Option<Cow<'a, str>> {
-        if !self.0.starts_with('"') {
-            return None;
-        }
-        match serde_json::from_str::<&'a str>(self.0) {
-            Ok(s) => Some(Cow::Borrowed(s)),
-            Err(_) => serde_json::from_str::<String>(self.0).ok().map(Cow::Owned),
-        }
+        let inner = self.0.strip_prefix('"')?.strip_suffix('"')?;
+        json::unescape(inner)
     }
 
-    /// The value as a whole number in range (as `serde_json::Value::as_i64`).
+    /// The value as a whole number in range (as `serde_json::Value::as_i64`, except that `-0`
+    /// is 0 as in Kubernetes).
     pub fn as_i64(self) -> Option<i64> {
         let first = self.0.as_bytes().first()?;
         if !(first.is_ascii_digit() || *first == b'-') {
             return None;
         }
-        serde_json::from_str::<i64>(self.0).ok()
+        // The text is a JSON number: a fraction or an exponent makes it no whole number.
+        self.0.parse::<i64>().ok()
     }
 
     /// The value as a boolean.
@@ -126,16 +129,31 @@ impl<'a> Raw<'a> {
         }
     }
 
+    /// The members of this object in order (empty when it is not one).
+    fn members(self) -> Option<Members<'a>> {
+        Members::open(self.0, 0, json::MAX_DEPTH).ok()
+    }
+
     /// The values of `keys` in this object, in one walk (the last of duplicate keys wins, as
     /// everywhere in Kubernetes). All `None` when the value is not an object.
     pub fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Raw<'a>>; N] {
-        if !self.is_object() {
-            return [None; N];
-        }
-        let mut de = serde_json::Deserializer::from_str(self.0);
-        match de.deserialize_map(FieldsVisitor(&keys)) {
-            Ok(found) => found.map(|v| v.map(Raw::of)),
-            Err(_) => [None; N],
+        let mut out = [None; N];
+        let Some(mut m) = self.members() else {
+            return out;
+        };
+        loop {
+            match m.next_key() {
+                Ok(Some(k)) => {
+                    if let Some(i) = keys.iter().position(|w| k.is(w)) {
+                        match m.skip() {
+                            Ok(v) => out[i] = Some(Raw(v)),
+                            Err(_) => return [None; N],
+                        }
+                    }
+                }
+                Ok(None) => return out,
+                Err(_) => return [None; N],
+            }
         }
     }
 
@@ -150,114 +168,48 @@ impl<'a> Raw<'a> {
         path.iter().try_fold(self, |v, k| v.get(k))
     }
 
+    /// The elements of this array, one at a time; none when the value is not an array.
+    pub fn iter_items(self) -> impl Iterator<Item = Raw<'a>> {
+        let mut items = Items::open(self.0, 0, json::MAX_DEPTH).ok();
+        std::iter::from_fn(move || match items.as_mut()?.next_item() {
+            Ok(Some((_, text))) => Some(Raw(text)),
+            _ => {
+                items = None;
+                None
+            }
+        })
+    }
+
     /// The elements of this array; empty when the value is not an array.
     pub fn items(self) -> Vec<Raw<'a>> {
-        if !self.0.starts_with('[') {
-            return Vec::new();
-        }
-        serde_json::from_str::<Vec<&'a RawValue>>(self.0)
-            .map(|v| v.into_iter().map(Raw::of).collect())
-            .unwrap_or_default()
+        self.iter_items().collect()
+    }
+
+    /// The entries of this object, one at a time (keys unescaped); none when it is not one.
+    pub fn iter_entries(self) -> impl Iterator<Item = (Cow<'a, str>, Raw<'a>)> {
+        let mut members = self.members();
+        std::iter::from_fn(move || {
+            let m = members.as_mut()?;
+            let entry = match m.next_key() {
+                Ok(Some(k)) => k.text().zip(m.skip().ok()),
+                _ => None,
+            };
+            if entry.is_none() {
+                members = None;
+            }
+            entry.map(|(k, v)| (k, Raw(v)))
+        })
     }
 
     /// The entries of this object, in order (keys unescaped); empty when it is not an object.
     pub fn entries(self) -> Vec<(Cow<'a, str>, Raw<'a>)> {
-        if !self.is_object() {
-            return Vec::new();
-        }
-        let mut de = serde_json::Deserializer::from_str(self.0);
-        de.deserialize_map(EntriesVisitor(std::marker::PhantomData))
-            .map(|v| v.into_iter().map(|(k, r)| (k.0, Raw::of(r))).collect())
-            .unwrap_or_default()
+        self.iter_entries().collect()
     }
 
     /// The value built as a `serde_json::Value` (for the rare comparison of whole objects).
     pub fn to_value(self) -> serde_json::Value {
         serde_json::from_str(self.0).unwrap_or(serde_json::Value::Null)
     }
-}
-
-/// Finds the index of a key among the wanted ones without allocating the key.
-struct KeyIndex<'k>(&'k [&'k str]);
-
-impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeyIndex<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().position(|k| *k == v))
-    }
-}
-
-struct FieldsVisitor<'k, const N: usize>(&'k [&'k str; N]);
-
-impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, N> {
-    type Value = [Option<&'de RawValue>; N];
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = [None; N];
-        while let Some(k) = map.next_key_seed(KeyIndex(self.0))? {
-            match k {
-                Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-struct EntriesVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
-    type Value = Vec<(CowStr<'a>, &'a RawValue)>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(k) = map.next_key::<CowStr<'a>>()? {
-            out.push((k, map.next_value::<&'de RawValue>()?));
-        }
-        Ok(out)
-    }
-}
-
-/// A string borrowed from the body unless it has escapes.
-struct CowStr<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = CowStr<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(CowStr(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-fn cow<'a>(s: Option<CowStr<'a>>) -> Option<Cow<'a, str>> {
-    s.map(|s| s.0)
 }
 
 /// Group, version and kind of the object (`request.kind`).
@@ -320,277 +272,7 @@ pub struct Object<'a> {
     pub annotations: Option<Raw<'a>>,
 }
 
-/// The deepest nesting accepted in an object. Reading the envelope skips the objects
-/// without a depth limit; policies read parts of them with serde_json's limit of 128 levels
-/// and must never find a part unreadable, so the objects are held to (about) the depth the
-/// whole review was held to before they were kept raw.
-pub const MAX_OBJECT_DEPTH: usize = 126;
-
-/// Whether the JSON text nests arrays and objects at most `limit` deep (strings skipped).
-fn depth_within(text: &str, limit: usize) -> bool {
-    let bytes = text.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(off) = memchr::memchr3(b'"', b'{', b'[', &bytes[i..]).map(|o| o + i) {
-        // Closing brackets between here and the next opening one lower the depth.
-        depth = depth.saturating_sub(
-            bytes[i..off]
-                .iter()
-                .filter(|&&b| b == b'}' || b == b']')
-                .count(),
-        );
-        match bytes[off] {
-            b'"' => {
-                // Skip the string, honouring escapes.
-                let mut j = off + 1;
-                loop {
-                    match bytes
-                        .get(j..)
-                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-                    {
-                        Some(k) if bytes[j + k] == b'\\' => j += k + 2,
-                        Some(k) => {
-                            j += k + 1;
-                            break;
-                        }
-                        None => return true,
-                    }
-                }
-                i = j.min(bytes.len());
-            }
-            _ => {
-                depth += 1;
-                if depth > limit {
-                    return false;
-                }
-                i = off + 1;
-            }
-        }
-    }
-    true
-}
-
-/// What one pass over an object's text finds: whether it nests within the depth limit, and
-/// where the values of the top-level keys and of `spec`'s keys that later readers need are.
-#[derive(Default)]
-struct Scan {
-    /// `metadata`, `spec`, `template`.
-    top: [Option<(usize, usize)>; 3],
-    /// `spec.replicas`, `spec.template`, `spec.jobTemplate`, `spec.containers`.
-    spec: [Option<(usize, usize)>; 4],
-}
-
-const TOP_KEYS: [&str; 3] = ["metadata", "spec", "template"];
-const SPEC_KEYS: [&str; 4] = ["replicas", "template", "jobTemplate", "containers"];
-
-/// Whether `b` is JSON whitespace.
-fn json_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-/// Walks valid JSON object text once (strings skipped with memchr): `Err(true)` when it nests
-/// deeper than `limit`, `Err(false)` when a key the walk would compare has escapes (the caller
-/// then reads the fields the slower way), else the value ranges of [`TOP_KEYS`] and, when
-/// `spec` is an object, of [`SPEC_KEYS`] (the last of duplicate keys wins).
-fn scan_object(text: &str, limit: usize) -> Result<Scan, bool> {
-    let bytes = text.as_bytes();
-    let mut out = Scan::default();
-    let mut depth = 0usize;
-    // Whether the container at each of the first two levels is an object.
-    let mut in_object = [false; 3];
-    // Per level 1 and 2: whether the next string is a key, the key index being read and
-    // where its value starts.
-    let mut expect_key = [false; 3];
-    let mut pending: [Option<(usize, usize)>; 3] = [None; 3];
-    // Whether level 2 is the object value of `spec`.
-    let mut in_spec = false;
-    let mut i = 0;
-    let close = |pending: &mut Option<(usize, usize)>, end: usize, out: &mut Scan, level: usize| {
-        if let Some((key, start)) = pending.take() {
-            let mut e = end;
-            while e > start && json_space(bytes[e - 1]) {
-                e -= 1;
-            }
-            if level == 1 {
-                out.top[key] = Some((start, e));
-            } else {
-                out.spec[key] = Some((start, e));
-            }
-        }
-    };
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                let mut escaped = false;
-                loop {
-                    match bytes
-                        .get(j..)
-                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-                    {
-                        Some(k) if bytes[j + k] == b'\\' => {
-                            escaped = true;
-                            j += k + 2;
-                        }
-                        Some(k) => {
-                            j += k;
-                            break;
-                        }
-                        None => return Ok(out),
-                    }
-                }
-                if (1..=2).contains(&depth) && expect_key[depth] {
-                    expect_key[depth] = false;
-                    let wanted: &[&str] = if depth == 1 {
-                        &TOP_KEYS
-                    } else if in_spec {
-                        &SPEC_KEYS
-                    } else {
-                        &[]
-                    };
-                    if !wanted.is_empty() {
-                        if escaped {
-                            return Err(false);
-                        }
-                        let key = &text[start..j];
-                        if let Some(k) = wanted.iter().position(|w| *w == key) {
-                            // The value starts after the colon and any whitespace.
-                            let mut v = j + 1;
-                            while v < bytes.len() && (json_space(bytes[v]) || bytes[v] == b':') {
-                                v += 1;
-                            }
-                            pending[depth] = Some((k, v));
-                            if depth == 1 && k == 1 {
-                                out.spec = [None; 4];
-                            }
-                        }
-                    }
-                }
-                i = j + 1;
-                continue;
-            }
-            b'{' | b'[' => {
-                if depth == 1 {
-                    // Level 2 is `spec`'s object when the pending top key is `spec`.
-                    in_spec = b == b'{' && matches!(pending[1], Some((1, s)) if s == i);
-                }
-                depth += 1;
-                if depth > limit {
-                    return Err(true);
-                }
-                if depth <= 2 {
-                    in_object[depth] = b == b'{';
-                    expect_key[depth] = b == b'{';
-                    pending[depth] = None;
-                }
-            }
-            b'}' | b']' => {
-                if (1..=2).contains(&depth) {
-                    close(&mut pending[depth], i, &mut out, depth);
-                }
-                if depth == 2 {
-                    in_spec = false;
-                }
-                depth = depth.saturating_sub(1);
-            }
-            b',' if (1..=2).contains(&depth) => {
-                close(&mut pending[depth], i, &mut out, depth);
-                expect_key[depth] = in_object[depth];
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Ok(out)
-}
-
 impl<'a> Object<'a> {
-    fn read(raw: &'a RawValue, field: &str) -> Result<Self, DecodeError> {
-        let raw = Raw::of(raw);
-        if !raw.is_object() {
-            return Err(DecodeError::Json(format!(
-                "request.{field} must be a JSON object"
-            )));
-        }
-        // One pass finds the depth and the parts later readers need.
-        let text = raw.text();
-        let slice = |r: Option<(usize, usize)>| r.map(|(a, b)| Raw(&text[a..b]));
-        let too_deep = || {
-            DecodeError::Json(format!(
-                "request.{field} is nested deeper than the recursion limit ({MAX_OBJECT_DEPTH} levels)"
-            ))
-        };
-        let ([metadata, spec, template], [replicas, spec_template, job_template, containers]) =
-            match scan_object(text, MAX_OBJECT_DEPTH) {
-                Ok(scan) => (scan.top.map(slice), scan.spec.map(slice)),
-                Err(true) => return Err(too_deep()),
-                // A wanted key with escapes: check the depth and read the fields with
-                // serde_json.
-                Err(false) => {
-                    if !depth_within(text, MAX_OBJECT_DEPTH) {
-                        return Err(too_deep());
-                    }
-                    let top = raw.fields(TOP_KEYS);
-                    let spec = top[1].map_or([None; 4], |s| s.fields(SPEC_KEYS));
-                    (top, spec)
-                }
-            };
-        let metadata = metadata.filter(|m| !m.is_null());
-        let bad = |what: &str| DecodeError::Json(format!("request.{field}.metadata{what}"));
-        let mut obj = Object {
-            raw,
-            metadata,
-            spec,
-            template,
-            replicas,
-            spec_template,
-            job_template,
-            spec_containers: containers,
-            name: None,
-            generate_name: None,
-            labels: None,
-            annotations: None,
-        };
-        let Some(meta) = metadata else {
-            return Ok(obj);
-        };
-        if !meta.is_object() {
-            return Err(bad(" must be a JSON object"));
-        }
-        let [name, generate_name, namespace, labels, annotations] =
-            meta.fields(["name", "generateName", "namespace", "labels", "annotations"]);
-        let text = |v: Option<Raw<'a>>, key: &str| -> Result<Option<Cow<'a, str>>, DecodeError> {
-            match v {
-                None => Ok(None),
-                Some(v) if v.is_null() => Ok(None),
-                Some(v) => v
-                    .as_str()
-                    .map(Some)
-                    .ok_or_else(|| bad(&format!(".{key} must be a string"))),
-            }
-        };
-        obj.name = text(name, "name")?;
-        obj.generate_name = text(generate_name, "generateName")?;
-        text(namespace, "namespace")?;
-        for (v, key, slot) in [
-            (labels, "labels", &mut obj.labels),
-            (annotations, "annotations", &mut obj.annotations),
-        ] {
-            match v {
-                Some(v) if !v.is_null() => {
-                    if !string_map(v) {
-                        return Err(bad(&format!(".{key} must map names to strings")));
-                    }
-                    *slot = Some(v);
-                }
-                _ => {}
-            }
-        }
-        Ok(obj)
-    }
-
     /// The value of label `key`.
     pub fn label(&self, key: &str) -> Option<Cow<'a, str>> {
         self.labels?.get(key)?.as_str()
@@ -600,41 +282,6 @@ impl<'a> Object<'a> {
     pub fn annotation(&self, key: &str) -> Option<Cow<'a, str>> {
         self.annotations?.get(key)?.as_str()
     }
-}
-
-/// Whether `v` is an object whose values are all strings (checked without allocating).
-fn string_map(v: Raw<'_>) -> bool {
-    struct OnlyStrings;
-    impl<'de> Visitor<'de> for OnlyStrings {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object of strings")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while map.next_key::<IgnoredAny>()?.is_some() {
-                map.next_value::<StringOnly>()?;
-            }
-            Ok(())
-        }
-    }
-    struct StringOnly;
-    impl<'de> Deserialize<'de> for StringOnly {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct S;
-            impl Visitor<'_> for S {
-                type Value = StringOnly;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_str<E: de::Error>(self, _: &str) -> Result<StringOnly, E> {
-                    Ok(StringOnly)
-                }
-            }
-            d.deserialize_str(S)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(v.0);
-    de.deserialize_map(OnlyStrings).is_ok()
 }
 
 /// A decoded review: the envelope's fields, borrowed from the body where they can be, and
@@ -665,7 +312,8 @@ pub struct Review<'a> {
     pub object: Option<Object<'a>>,
     /// `request.oldObject`.
     pub old_object: Option<Object<'a>>,
-    body: &'a [u8],
+    /// `request` as it came.
+    request: Raw<'a>,
     pod: OnceLock<Option<PodTemplate<'a>>>,
 }
 
@@ -694,8 +342,7 @@ impl<'a> Review<'a> {
 
     /// `request` as it came (for `forward`, which sends it on).
     pub fn request_json(&self) -> Option<Raw<'a>> {
-        let text = std::str::from_utf8(self.body).ok()?;
-        Raw(text.trim_start()).get("request")
+        Some(self.request)
     }
 
     /// Whether this is a request on the `scale` subresource or of a Scale object.
@@ -704,143 +351,558 @@ impl<'a> Review<'a> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeIn<'a> {
-    #[serde(default, borrow)]
-    api_version: Option<CowStr<'a>>,
-    #[serde(default, borrow)]
-    kind: Option<CowStr<'a>>,
-    #[serde(default, borrow)]
-    request: Option<RequestIn<'a>>,
+// ---------------------------------------------------------------------------------------------
+// Decoding: one pass over the body.
+// ---------------------------------------------------------------------------------------------
+
+/// Reads one review body; every error is a [`DecodeError`] that names the field or the
+/// position.
+struct Reader<'a> {
+    text: &'a str,
 }
 
-#[derive(Deserialize)]
-struct GvkIn<'a> {
-    #[serde(borrow)]
-    group: CowStr<'a>,
-    #[serde(borrow)]
-    version: CowStr<'a>,
-    #[serde(borrow)]
-    kind: CowStr<'a>,
+/// The request fields that may appear once.
+#[derive(Clone, Copy)]
+enum Field {
+    Uid,
+    Kind,
+    Resource,
+    SubResource,
+    Name,
+    Namespace,
+    Operation,
+    UserInfo,
+    Object,
+    OldObject,
+    DryRun,
 }
 
-#[derive(Deserialize)]
-struct GvrIn<'a> {
-    #[serde(borrow)]
-    group: CowStr<'a>,
-    #[serde(borrow)]
-    version: CowStr<'a>,
-    #[serde(borrow)]
-    resource: CowStr<'a>,
+impl Field {
+    const ALL: [(&'static str, Field); 11] = [
+        ("uid", Field::Uid),
+        ("kind", Field::Kind),
+        ("resource", Field::Resource),
+        ("subResource", Field::SubResource),
+        ("name", Field::Name),
+        ("namespace", Field::Namespace),
+        ("operation", Field::Operation),
+        ("userInfo", Field::UserInfo),
+        ("object", Field::Object),
+        ("oldObject", Field::OldObject),
+        ("dryRun", Field::DryRun),
+    ];
 }
 
-#[derive(Deserialize, Default)]
-struct UserIn<'a> {
-    #[serde(default, borrow)]
-    username: Option<CowStr<'a>>,
-    #[serde(default, borrow)]
-    groups: Option<Vec<CowStr<'a>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    #[serde(borrow)]
-    uid: CowStr<'a>,
-    #[serde(borrow)]
-    kind: GvkIn<'a>,
-    #[serde(borrow)]
-    resource: GvrIn<'a>,
-    #[serde(default, borrow)]
-    sub_resource: Option<CowStr<'a>>,
-    #[serde(default, borrow)]
-    name: Option<CowStr<'a>>,
-    #[serde(default, borrow)]
-    namespace: Option<CowStr<'a>>,
-    operation: Operation,
-    #[serde(borrow)]
-    user_info: UserIn<'a>,
-    #[serde(default, borrow)]
-    object: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    old_object: Option<&'a RawValue>,
-    #[serde(default)]
+/// The envelope's fields, as read.
+#[derive(Default)]
+struct Request<'a> {
+    uid: Option<Cow<'a, str>>,
+    kind: Option<Gvk<'a>>,
+    resource: Option<Gvr<'a>>,
+    sub_resource: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
+    operation: Option<Operation>,
+    user_info: Option<User<'a>>,
+    object: Option<Object<'a>>,
+    old_object: Option<Object<'a>>,
     dry_run: bool,
+    raw: Option<Raw<'a>>,
 }
 
-/// Decodes a review body, reading the envelope once and keeping the objects raw.
-pub fn decode(body: &[u8]) -> Result<Review<'_>, DecodeError> {
-    let envelope: EnvelopeIn<'_> = serde_json::from_slice(body).map_err(|e| {
-        // Objects are skipped without a depth limit while reading; a body that fails for
-        // another reason but nests too deep says so, as when it was read whole.
-        match std::str::from_utf8(body) {
-            Ok(text) if !depth_within(text, 128) => {
-                DecodeError::Json("recursion limit exceeded (nested deeper than 128 levels)".into())
-            }
-            _ => DecodeError::Json(e.to_string()),
+impl<'a> Reader<'a> {
+    /// A JSON error, with where it is.
+    fn syntax(&self, e: json::Error) -> DecodeError {
+        DecodeError::Json(e.describe(self.text.as_bytes()))
+    }
+
+    /// `path` holding something other than `expected`, with where it is.
+    fn wrong(&self, path: &str, expected: &str, at: usize) -> DecodeError {
+        let place = json::position(self.text.as_bytes(), at);
+        DecodeError::Json(format!("{path} must be {expected} ({place})"))
+    }
+
+    /// A JSON error inside `request.{field}`: nesting past the object's limit says so.
+    fn in_object(&self, field: &str, e: json::Error) -> DecodeError {
+        match e.what {
+            json::What::TooDeep(_) => DecodeError::Json(format!(
+                "recursion limit exceeded: request.{field} is nested deeper than {MAX_OBJECT_DEPTH} levels"
+            )),
+            _ => self.syntax(e),
         }
-    })?;
-    let kind = cow(envelope.kind).unwrap_or_default();
-    if kind != "AdmissionReview" {
-        return Err(DecodeError::Kind(kind.into_owned()));
     }
-    let api_version = match cow(envelope.api_version).unwrap_or_default().as_ref() {
-        V1 => V1,
-        V1BETA1 => V1BETA1,
-        other => return Err(DecodeError::Version(other.to_owned())),
-    };
-    let req = envelope.request.ok_or(DecodeError::NoRequest)?;
-    let uid = req.uid.0;
-    if uid.is_empty() {
-        return Err(DecodeError::NoUid);
+
+    fn open(&self, m: &Members<'a>, path: &str, depth: usize) -> Result<Members<'a>, DecodeError> {
+        if m.peek() != Some(b'{') {
+            return Err(self.wrong(path, "a JSON object", m.value_start()));
+        }
+        Members::open(self.text, m.value_start(), depth).map_err(|e| self.syntax(e))
     }
-    if uid.len() > MAX_UID_BYTES {
-        return Err(DecodeError::LongUid(uid.len()));
+
+    /// The next key of `m`.
+    fn key(&self, m: &mut Members<'a>) -> Result<Option<json::Key<'a>>, DecodeError> {
+        m.next_key().map_err(|e| self.syntax(e))
     }
-    let object = req.object.map(|o| Object::read(o, "object")).transpose()?;
-    let old_object = req
-        .old_object
-        .map(|o| Object::read(o, "oldObject"))
-        .transpose()?;
-    match req.operation {
-        Operation::Create if object.is_none() => return Err(DecodeError::NoObject("CREATE")),
-        Operation::Update if object.is_none() => return Err(DecodeError::NoObject("UPDATE")),
-        _ => {}
+
+    /// Skips the current value of `m`, returning it.
+    fn skip(&self, m: &mut Members<'a>) -> Result<Raw<'a>, DecodeError> {
+        m.skip().map(Raw).map_err(|e| self.syntax(e))
     }
-    Ok(Review {
-        api_version,
-        uid,
-        kind: Gvk {
-            group: req.kind.group.0,
-            version: req.kind.version.0,
-            kind: req.kind.kind.0,
-        },
-        resource: Gvr {
-            group: req.resource.group.0,
-            version: req.resource.version.0,
-            resource: req.resource.resource.0,
-        },
-        sub_resource: cow(req.sub_resource),
-        name: cow(req.name).unwrap_or_default(),
-        namespace: cow(req.namespace),
-        operation: req.operation,
-        user_info: User {
-            username: cow(req.user_info.username),
-            groups: req
-                .user_info
-                .groups
-                .unwrap_or_default()
+
+    /// The current value of `m`, a string or `null`.
+    fn opt_string(
+        &self,
+        m: &mut Members<'a>,
+        path: &str,
+    ) -> Result<Option<Cow<'a, str>>, DecodeError> {
+        match m.peek() {
+            Some(b'"') => {
+                let (raw, escaped, end) =
+                    json::string_at(self.text, m.value_start()).map_err(|e| self.syntax(e))?;
+                m.read_to(end);
+                if !escaped {
+                    return Ok(Some(Cow::Borrowed(raw)));
+                }
+                json::unescape(raw)
+                    .map(Some)
+                    .ok_or_else(|| self.wrong(path, "a string", m.value_start()))
+            }
+            Some(b'n') => {
+                self.skip(m)?;
+                Ok(None)
+            }
+            _ => Err(self.wrong(path, "a string", m.value_start())),
+        }
+    }
+
+    /// The current value of `m`, a string.
+    fn string(&self, m: &mut Members<'a>, path: &str) -> Result<Cow<'a, str>, DecodeError> {
+        let at = m.value_start();
+        self.opt_string(m, path)?
+            .ok_or_else(|| self.wrong(path, "a string", at))
+    }
+
+    /// The whole body.
+    fn review(&self) -> Result<Review<'a>, DecodeError> {
+        let b = self.text.as_bytes();
+        let start = json::skip_ws(b, 0);
+        if start == b.len() {
+            return Err(DecodeError::Json("the body is empty".into()));
+        }
+        let mut top = Members::open(self.text, start, MAX_BODY_DEPTH - 1).map_err(|e| {
+            let e = json::Error::new(e.at, json::What::Expected("a JSON object"));
+            self.syntax(e)
+        })?;
+        let (mut api_version, mut kind, mut request) = (None, None, None);
+        let mut seen = [false; 3];
+        while let Some(k) = self.key(&mut top)? {
+            let slot = ["apiVersion", "kind", "request"]
+                .iter()
+                .position(|name| k.is(name));
+            let Some(slot) = slot else {
+                self.skip(&mut top)?;
+                continue;
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                let name = ["apiVersion", "kind", "request"][slot];
+                return Err(DecodeError::Json(format!("duplicate field `{name}`")));
+            }
+            match slot {
+                0 => api_version = self.opt_string(&mut top, "apiVersion")?,
+                1 => kind = self.opt_string(&mut top, "kind")?,
+                _ if top.peek() == Some(b'n') => {
+                    self.skip(&mut top)?;
+                }
+                _ => request = Some(self.request(&mut top)?),
+            }
+        }
+        let end = json::skip_ws(b, top.end());
+        if end != b.len() {
+            return Err(self.syntax(json::Error::new(end, json::What::Trailing)));
+        }
+
+        let kind = kind.unwrap_or_default();
+        if kind != "AdmissionReview" {
+            return Err(DecodeError::Kind(kind.into_owned()));
+        }
+        let api_version = match api_version.unwrap_or_default().as_ref() {
+            V1 => V1,
+            V1BETA1 => V1BETA1,
+            other => return Err(DecodeError::Version(other.to_owned())),
+        };
+        let req = request.ok_or(DecodeError::NoRequest)?;
+        let missing = |f: &str| DecodeError::Json(format!("request.{f} is missing"));
+        let uid = req.uid.ok_or_else(|| missing("uid"))?;
+        if uid.is_empty() {
+            return Err(DecodeError::NoUid);
+        }
+        if uid.len() > MAX_UID_BYTES {
+            return Err(DecodeError::LongUid(uid.len()));
+        }
+        let operation = req.operation.ok_or_else(|| missing("operation"))?;
+        match operation {
+            Operation::Create if req.object.is_none() => {
+                return Err(DecodeError::NoObject("CREATE"));
+            }
+            Operation::Update if req.object.is_none() => {
+                return Err(DecodeError::NoObject("UPDATE"));
+            }
+            _ => {}
+        }
+        Ok(Review {
+            api_version,
+            uid,
+            kind: req.kind.ok_or_else(|| missing("kind"))?,
+            resource: req.resource.ok_or_else(|| missing("resource"))?,
+            sub_resource: req.sub_resource,
+            name: req.name.unwrap_or_default(),
+            namespace: req.namespace,
+            operation,
+            user_info: req.user_info.ok_or_else(|| missing("userInfo"))?,
+            dry_run: req.dry_run,
+            object: req.object,
+            old_object: req.old_object,
+            request: req.raw.unwrap_or(Raw("{}")),
+            pod: OnceLock::new(),
+        })
+    }
+
+    /// `request`.
+    fn request(&self, top: &mut Members<'a>) -> Result<Request<'a>, DecodeError> {
+        let start = top.value_start();
+        let mut m = self.open(top, "request", MAX_BODY_DEPTH - 2)?;
+        let mut req = Request::default();
+        let mut seen = 0u16;
+        while let Some(k) = self.key(&mut m)? {
+            let Some(&(name, field)) = Field::ALL.iter().find(|(name, _)| k.is(name)) else {
+                self.skip(&mut m)?;
+                continue;
+            };
+            let bit = 1u16 << field as u16;
+            if seen & bit != 0 {
+                return Err(DecodeError::Json(format!(
+                    "duplicate field `request.{name}`"
+                )));
+            }
+            seen |= bit;
+            match field {
+                Field::Uid => {
+                    let uid = self.string(&mut m, "request.uid")?;
+                    if uid.len() > MAX_UID_BYTES {
+                        return Err(DecodeError::LongUid(uid.len()));
+                    }
+                    req.uid = Some(uid);
+                }
+                Field::Kind => {
+                    let [group, version, kind] =
+                        self.triple(&mut m, "request.kind", ["group", "version", "kind"])?;
+                    req.kind = Some(Gvk {
+                        group,
+                        version,
+                        kind,
+                    });
+                }
+                Field::Resource => {
+                    let [group, version, resource] =
+                        self.triple(&mut m, "request.resource", ["group", "version", "resource"])?;
+                    req.resource = Some(Gvr {
+                        group,
+                        version,
+                        resource,
+                    });
+                }
+                Field::SubResource => {
+                    req.sub_resource = self.opt_string(&mut m, "request.subResource")?;
+                }
+                Field::Name => req.name = self.opt_string(&mut m, "request.name")?,
+                Field::Namespace => {
+                    req.namespace = self.opt_string(&mut m, "request.namespace")?;
+                }
+                Field::Operation => {
+                    let at = m.value_start();
+                    let op = self.string(&mut m, "request.operation")?;
+                    req.operation = Some(match op.as_ref() {
+                        "CREATE" => Operation::Create,
+                        "UPDATE" => Operation::Update,
+                        "DELETE" => Operation::Delete,
+                        "CONNECT" => Operation::Connect,
+                        _ => {
+                            return Err(self.wrong(
+                                "request.operation",
+                                "one of CREATE, UPDATE, DELETE and CONNECT",
+                                at,
+                            ));
+                        }
+                    });
+                }
+                Field::UserInfo => req.user_info = Some(self.user(&mut m)?),
+                Field::Object => req.object = self.object(&mut m, "object")?,
+                Field::OldObject => req.old_object = self.object(&mut m, "oldObject")?,
+                Field::DryRun => {
+                    let at = m.value_start();
+                    req.dry_run = match self.skip(&mut m)?.as_bool() {
+                        Some(v) => v,
+                        None => return Err(self.wrong("request.dryRun", "true or false", at)),
+                    };
+                }
+            }
+        }
+        top.read_to(m.end());
+        req.raw = Some(Raw(&self.text[start..m.end()]));
+        Ok(req)
+    }
+
+    /// An object of three required strings (`request.kind`, `request.resource`).
+    fn triple(
+        &self,
+        outer: &mut Members<'a>,
+        path: &str,
+        names: [&str; 3],
+    ) -> Result<[Cow<'a, str>; 3], DecodeError> {
+        let mut m = self.open(outer, path, MAX_BODY_DEPTH - 3)?;
+        let mut out: [Option<Cow<'a, str>>; 3] = [None, None, None];
+        while let Some(k) = self.key(&mut m)? {
+            match names.iter().position(|n| k.is(n)) {
+                Some(i) => out[i] = Some(self.string(&mut m, &format!("{path}.{}", names[i]))?),
+                None => {
+                    self.skip(&mut m)?;
+                }
+            }
+        }
+        outer.read_to(m.end());
+        let [a, b, c] = out;
+        let missing = |i: usize| DecodeError::Json(format!("{path}.{} is missing", names[i]));
+        Ok([
+            a.ok_or_else(|| missing(0))?,
+            b.ok_or_else(|| missing(1))?,
+            c.ok_or_else(|| missing(2))?,
+        ])
+    }
+
+    /// `request.userInfo`.
+    fn user(&self, outer: &mut Members<'a>) -> Result<User<'a>, DecodeError> {
+        let mut m = self.open(outer, "request.userInfo", MAX_BODY_DEPTH - 3)?;
+        let mut user = User::default();
+        while let Some(k) = self.key(&mut m)? {
+            if k.is("username") {
+                user.username = self.opt_string(&mut m, "request.userInfo.username")?;
+            } else if k.is("groups") {
+                user.groups.clear();
+                match m.peek() {
+                    Some(b'[') => {
+                        let mut items = Items::open(self.text, m.value_start(), 1)
+                            .map_err(|e| self.syntax(e))?;
+                        while let Some((at, item)) =
+                            items.next_item().map_err(|e| self.syntax(e))?
+                        {
+                            let group = Raw(item).as_str().ok_or_else(|| {
+                                self.wrong("request.userInfo.groups", "a list of strings", at)
+                            })?;
+                            user.groups.push(group);
+                        }
+                        m.read_to(items.end());
+                    }
+                    Some(b'n') => {
+                        self.skip(&mut m)?;
+                    }
+                    _ => {
+                        return Err(self.wrong(
+                            "request.userInfo.groups",
+                            "a list of strings",
+                            m.value_start(),
+                        ));
+                    }
+                }
+            } else {
+                self.skip(&mut m)?;
+            }
+        }
+        outer.read_to(m.end());
+        Ok(user)
+    }
+
+    /// `request.object` or `request.oldObject` (`None` for `null`): checked whole, and the
+    /// parts later readers need noted on the way.
+    fn object(
+        &self,
+        outer: &mut Members<'a>,
+        field: &'static str,
+    ) -> Result<Option<Object<'a>>, DecodeError> {
+        let start = outer.value_start();
+        match outer.peek() {
+            Some(b'n') => {
+                self.skip(outer)?;
+                return Ok(None);
+            }
+            Some(b'{') => {}
+            _ => {
+                return Err(DecodeError::Json(format!(
+                    "request.{field} must be a JSON object"
+                )));
+            }
+        }
+        let too_deep = |e: json::Error| self.in_object(field, e);
+        // Values inside the object, and inside its metadata and spec, may nest as deep as
+        // what is left of the object's limit.
+        let mut m = Members::open(self.text, start, MAX_OBJECT_DEPTH - 1).map_err(too_deep)?;
+        let mut obj = Object {
+            raw: Raw(""),
+            metadata: None,
+            spec: None,
+            template: None,
+            replicas: None,
+            spec_template: None,
+            job_template: None,
+            spec_containers: None,
+            name: None,
+            generate_name: None,
+            labels: None,
+            annotations: None,
+        };
+        while let Some(k) = m.next_key().map_err(too_deep)? {
+            if k.is("metadata") {
+                (obj.name, obj.generate_name, obj.labels, obj.annotations) =
+                    (None, None, None, None);
+                obj.metadata = match m.peek() {
+                    Some(b'{') => Some(self.metadata(&mut m, field, &mut obj)?),
+                    Some(b'n') => {
+                        m.skip().map_err(too_deep)?;
+                        None
+                    }
+                    _ => {
+                        return Err(DecodeError::Json(format!(
+                            "request.{field}.metadata must be a JSON object"
+                        )));
+                    }
+                };
+            } else if k.is("spec") {
+                (
+                    obj.replicas,
+                    obj.spec_template,
+                    obj.job_template,
+                    obj.spec_containers,
+                ) = (None, None, None, None);
+                obj.spec = Some(if m.peek() == Some(b'{') {
+                    let at = m.value_start();
+                    let mut spec =
+                        Members::open(self.text, at, MAX_OBJECT_DEPTH - 2).map_err(too_deep)?;
+                    while let Some(k) = spec.next_key().map_err(too_deep)? {
+                        let slot = if k.is("replicas") {
+                            &mut obj.replicas
+                        } else if k.is("template") {
+                            &mut obj.spec_template
+                        } else if k.is("jobTemplate") {
+                            &mut obj.job_template
+                        } else if k.is("containers") {
+                            &mut obj.spec_containers
+                        } else {
+                            spec.skip().map_err(too_deep)?;
+                            continue;
+                        };
+                        *slot = Some(Raw(spec.skip().map_err(too_deep)?));
+                    }
+                    m.read_to(spec.end());
+                    Raw(&self.text[at..spec.end()])
+                } else {
+                    Raw(m.skip().map_err(too_deep)?)
+                });
+            } else if k.is("template") {
+                obj.template = Some(Raw(m.skip().map_err(too_deep)?));
+            } else {
+                m.skip().map_err(too_deep)?;
+            }
+        }
+        obj.raw = Raw(&self.text[start..m.end()]);
+        outer.read_to(m.end());
+        Ok(Some(obj))
+    }
+
+    /// The object's `metadata`: its name, generateName and namespace must be strings, its
+    /// labels and annotations must map names to strings.
+    fn metadata(
+        &self,
+        outer: &mut Members<'a>,
+        field: &str,
+        obj: &mut Object<'a>,
+    ) -> Result<Raw<'a>, DecodeError> {
+        let json = |e: json::Error| self.in_object(field, e);
+        let bad = |what: &str| DecodeError::Json(format!("request.{field}.metadata.{what}"));
+        let at = outer.value_start();
+        let mut m = Members::open(self.text, at, MAX_OBJECT_DEPTH - 2).map_err(json)?;
+        while let Some(k) = m.next_key().map_err(json)? {
+            if k.is("labels") || k.is("annotations") {
+                let labels = k.is("labels");
+                let key = if labels { "labels" } else { "annotations" };
+                let map = match m.peek() {
+                    Some(b'n') => {
+                        m.skip().map_err(json)?;
+                        None
+                    }
+                    Some(b'{') => {
+                        let start = m.value_start();
+                        let mut entries = Members::open(self.text, start, 1).map_err(json)?;
+                        while entries.next_key().map_err(json)?.is_some() {
+                            if entries.peek() != Some(b'"') {
+                                return Err(bad(&format!("{key} must map names to strings")));
+                            }
+                            entries.skip().map_err(json)?;
+                        }
+                        m.read_to(entries.end());
+                        Some(Raw(&self.text[start..entries.end()]))
+                    }
+                    _ => return Err(bad(&format!("{key} must map names to strings"))),
+                };
+                if labels {
+                    obj.labels = map;
+                } else {
+                    obj.annotations = map;
+                }
+                continue;
+            }
+            let Some(key) = ["name", "generateName", "namespace"]
                 .into_iter()
-                .map(|g| g.0)
-                .collect(),
-        },
-        dry_run: req.dry_run,
-        object,
-        old_object,
-        body,
-        pod: OnceLock::new(),
-    })
+                .find(|name| k.is(name))
+            else {
+                m.skip().map_err(json)?;
+                continue;
+            };
+            let value = match m.peek() {
+                Some(b'"') => {
+                    let (raw, escaped, end) =
+                        json::string_at(self.text, m.value_start()).map_err(json)?;
+                    m.read_to(end);
+                    let text = if escaped {
+                        json::unescape(raw)
+                            .ok_or_else(|| bad(&format!("{key} must be a string")))?
+                    } else {
+                        Cow::Borrowed(raw)
+                    };
+                    Some(text)
+                }
+                Some(b'n') => {
+                    m.skip().map_err(json)?;
+                    None
+                }
+                _ => return Err(bad(&format!("{key} must be a string"))),
+            };
+            match key {
+                "name" => obj.name = value,
+                "generateName" => obj.generate_name = value,
+                _ => {}
+            }
+        }
+        outer.read_to(m.end());
+        Ok(Raw(&self.text[at..m.end()]))
+    }
+}
+
+/// Decodes a review body in one pass, keeping the objects raw.
+pub fn decode(body: &[u8]) -> Result<Review<'_>, DecodeError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let place = json::position(body, e.valid_up_to());
+        DecodeError::Json(format!("the body is not UTF-8 text ({place})"))
+    })?;
+    Reader { text }.review()
 }
 
 /// Builds the response review for a decision: same apiVersion, kind and uid; denials in
@@ -1244,8 +1306,7 @@ mod tests {
     #[test]
     fn raw_reads_fields_strings_numbers_and_duplicates() {
         let text = r#"{"a":1,"b":"x\u0041","a":2,"c":[{"d":true},3],"e":1.5,"f":null}"#;
-        let v: &RawValue = serde_json::from_str(text).unwrap();
-        let raw = Raw::of(v);
+        let raw = Raw(text);
         let [a, b, c, e, f, missing] = raw.fields(["a", "b", "c", "e", "f", "g"]);
         assert_eq!(a.and_then(Raw::as_i64), Some(2), "the last duplicate wins");
         assert_eq!(b.and_then(Raw::as_str).as_deref(), Some("xA"));
@@ -1259,28 +1320,31 @@ mod tests {
         assert!(missing.is_none());
         assert_eq!(b.unwrap().get("x"), None, "a string has no fields");
         assert_eq!(raw.entries().len(), 6);
+        assert_eq!(raw.iter_entries().count(), 6);
+        assert_eq!(c.unwrap().iter_items().count(), 2);
     }
 
     #[rstest]
-    #[case(r#"{"a":[1,{"b":2}]}"#, 3, true)]
-    #[case(r#"{"a":[1,{"b":2}]}"#, 2, false)]
-    #[case(r#"{"a":"[[[[{{{{"}"#, 1, true)]
-    #[case(r#"{"a":"\\\"[[[["}"#, 1, true)]
-    #[case(r#"[[]],[[]],[[]]"#, 2, true)]
-    #[case(r#"[[]],[[[]]]"#, 2, false)]
-    // Not JSON (decode measures the depth of a body that failed to parse): a backslash as the
-    // last byte of an unterminated string ends the scan instead of reading past the text.
-    #[case(r#"{"a":"\"#, 1, true)]
-    #[case(r#"{"a":"x\"#, 1, true)]
-    fn depth_counts_brackets_outside_strings(
-        #[case] text: &str,
-        #[case] limit: usize,
-        #[case] ok: bool,
-    ) {
-        assert_eq!(depth_within(text, limit), ok, "{text}");
+    #[case("0", Some(0))]
+    #[case("-0", Some(0))]
+    #[case("9223372036854775807", Some(i64::MAX))]
+    #[case("-9223372036854775808", Some(i64::MIN))]
+    #[case("9223372036854775808", None)]
+    #[case("3.0", None)]
+    #[case("1e3", None)]
+    #[case("\"3\"", None)]
+    #[case("true", None)]
+    fn whole_numbers_read_as_serde_json_reads_them(#[case] text: &str, #[case] n: Option<i64>) {
+        assert_eq!(Raw(text).as_i64(), n);
+        // serde_json's `Value` holds `-0` as a float; Kubernetes (Go) reads it as the integer 0.
+        if text != "-0" {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(v.as_i64(), n);
+        }
     }
 
-    /// The one-pass walk finds the same parts as reading them with serde_json.
+    /// One pass over each object finds the same parts as reading them with serde_json, with
+    /// the object as the API server writes it (compact) and as people do (spaces, newlines).
     #[rstest]
     #[case::deployment(r#"{"apiVersion":"apps/v1","metadata":{"name":"a","spec":1},"spec":{"replicas":3,"selector":{"replicas":9},"template":{"spec":{"containers":[]}}}}"#)]
     #[case::spaces(
@@ -1299,73 +1363,129 @@ mod tests {
     )]
     #[case::strings_with_brackets(r#"{"a":"{[\\","spec":{"b":"]}","replicas":7}}"#)]
     #[case::escaped_other_key(r#"{"a\u0062":1,"spec":{"replicas":1}}"#)]
-    #[case::escaped_wanted_key(r#"{"sp\u0065c":{"replicas":2}}"#)]
+    #[case::escaped_wanted_key(
+        r#"{"sp\u0065c":{"rep\u006cicas":2},"meta\u0064ata":{"n\u0061me":"w\u0065b"}}"#
+    )]
+    #[case::metadata(
+        r#"{"metadata":{"name":"a","labels":{"x":"1"},"annotations":null},"metadata":{"generateName":"g-","labels":{"y":"2"}}}"#
+    )]
     #[case::empty("{}")]
     fn one_pass_finds_what_serde_finds(#[case] text: &str) {
-        let body = serde_json::to_vec(&json!({
-            "apiVersion": V1, "kind": "AdmissionReview",
-            "request": {"uid": "u", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
-                        "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
-                        "operation": "CREATE", "userInfo": {},
-                        "object": serde_json::from_str::<Value>(text).expect("test json")},
-        }))
-        .expect("json");
-        // serde_json re-serializes the object compactly; walk the original text too.
-        for text in [text.to_owned(), {
-            let v: Value = serde_json::from_slice(&body).expect("json");
-            v["request"]["object"].to_string()
-        }] {
-            let raw = Raw(&text);
-            let top = raw.fields(TOP_KEYS);
-            let spec = top[1].map_or([None; 4], |s| s.fields(SPEC_KEYS));
-            let text_of = |r: Option<Raw<'_>>| r.map(|r| r.text().to_owned());
-            let want: Vec<_> = top.iter().chain(spec.iter()).map(|r| text_of(*r)).collect();
-            match scan_object(&text, MAX_OBJECT_DEPTH) {
-                Ok(scan) => {
-                    let got: Vec<_> = scan
-                        .top
-                        .iter()
-                        .chain(scan.spec.iter())
-                        .map(|r| r.map(|(a, b)| text[a..b].to_owned()))
-                        .collect();
-                    assert_eq!(got, want, "{text}");
-                }
-                Err(deep) => {
-                    assert!(!deep, "{text}");
-                    // Any key with escapes where wanted keys live: read the slower way.
-                    assert!(text.contains("\\u00"), "{text}");
-                }
-            }
+        let frame = |object: &str| {
+            format!(
+                r#"{{"apiVersion":"{V1}","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"resource":{{"group":"apps","version":"v1","resource":"deployments"}},"operation":"CREATE","userInfo":{{}},"object":{object}}}}}"#
+            )
+        };
+        let v: Value = serde_json::from_str(text).expect("test json");
+        for object in [text.to_owned(), v.to_string()] {
+            let body = frame(&object);
+            let review = decode(body.as_bytes()).expect("valid review");
+            let obj = review.object.expect("object");
+            assert_eq!(obj.raw.text(), object);
+            let part = |r: Option<Raw<'_>>| r.map(Raw::to_value);
+            let spec = v.get("spec");
+            let spec_part = |k: &str| {
+                spec.filter(|s| s.is_object())
+                    .and_then(|s| s.get(k))
+                    .cloned()
+            };
+            assert_eq!(part(obj.spec), spec.cloned(), "{object}");
+            assert_eq!(
+                part(obj.metadata),
+                v.get("metadata").cloned().filter(|m| !m.is_null())
+            );
+            assert_eq!(part(obj.template), v.get("template").cloned());
+            assert_eq!(part(obj.replicas), spec_part("replicas"), "{object}");
+            assert_eq!(part(obj.spec_template), spec_part("template"));
+            assert_eq!(part(obj.job_template), spec_part("jobTemplate"));
+            assert_eq!(part(obj.spec_containers), spec_part("containers"));
+            let meta = v.get("metadata");
+            let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+            assert_eq!(obj.name.as_deref(), meta_str("name"));
+            assert_eq!(obj.generate_name.as_deref(), meta_str("generateName"));
+            let meta_part = |k: &str| {
+                meta.and_then(|m| m.get(k))
+                    .cloned()
+                    .filter(|x| !x.is_null())
+            };
+            assert_eq!(part(obj.labels), meta_part("labels"));
+            assert_eq!(part(obj.annotations), meta_part("annotations"));
         }
-        // And the decoded review carries them, whichever way they were found.
-        let review = testing::leak(body).expect("valid review");
-        let obj = review.object.expect("object");
-        let v: Value = serde_json::from_str(text).expect("json");
-        let spec = v.get("spec").filter(|s| s.is_object());
-        let part = |r: Option<Raw<'_>>| r.map(Raw::to_value);
-        assert_eq!(
-            part(obj.replicas),
-            spec.and_then(|s| s.get("replicas")).cloned()
-        );
-        assert_eq!(
-            part(obj.spec_template),
-            spec.and_then(|s| s.get("template")).cloned()
-        );
-        assert_eq!(
-            part(obj.job_template),
-            spec.and_then(|s| s.get("jobTemplate")).cloned()
-        );
-        assert_eq!(
-            part(obj.spec_containers),
-            spec.and_then(|s| s.get("containers")).cloned()
-        );
     }
 
     #[test]
-    fn one_pass_refuses_deep_objects() {
-        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(126), "]".repeat(126));
-        assert!(matches!(scan_object(&deep, MAX_OBJECT_DEPTH), Err(true)));
-        let ok = format!("{{\"a\":{}1{}}}", "[".repeat(125), "]".repeat(125));
-        assert!(scan_object(&ok, MAX_OBJECT_DEPTH).is_ok());
+    fn objects_past_the_depth_limit_are_refused() {
+        let body = |levels: usize| {
+            let object = format!("{{\"a\":{}1{}}}", "[".repeat(levels), "]".repeat(levels));
+            serde_json::to_vec(&json!({
+                "apiVersion": V1, "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": "", "version": "v1", "resource": "pods"},
+                            "operation": "CREATE", "userInfo": {},
+                            "object": serde_json::from_str::<Value>(&object).unwrap()}
+            }))
+            .unwrap()
+        };
+        assert!(decode(&body(MAX_OBJECT_DEPTH - 1)).is_ok());
+        let err = decode(&body(MAX_OBJECT_DEPTH)).unwrap_err().to_string();
+        assert!(err.contains("recursion limit exceeded"), "{err}");
+        assert!(err.contains("request.object"), "{err}");
+    }
+
+    /// Whatever serde_json refuses as JSON, the decoder refuses too, naming where.
+    #[rstest]
+    #[case::trailing_comma(
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u",}}"#
+    )]
+    #[case::bad_escape_in_object(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","userInfo":{},"object":{"status":{"x":"\q"}}}}"#)]
+    #[case::leading_zero(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","userInfo":{},"object":{"spec":{"x":[01]}}}}"#)]
+    #[case::lone_surrogate(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"operation":"CREATE","userInfo":{},"object":{"spec":{"x":"\ud800"}}}}"#)]
+    #[case::trailing_text(r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"} {}"#)]
+    #[case::control_character(
+        "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"Admission\u{1}Review\"}"
+    )]
+    fn invalid_json_is_refused_with_a_position(#[case] body: &str) {
+        assert!(serde_json::from_str::<Value>(body).is_err());
+        let err = decode(body.as_bytes()).unwrap_err().to_string();
+        assert!(err.starts_with("body is not an AdmissionReview: "), "{err}");
+        assert!(err.contains(" at line 1 column "), "{err}");
+    }
+
+    #[rstest]
+    #[case::uid_number(json!({"uid": 5}), "request.uid must be a string (line 1 column")]
+    #[case::no_uid(json!({"operation": "DELETE", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "resource": {"group": "", "version": "v1", "resource": "pods"}, "userInfo": {}}), "request.uid is missing")]
+    #[case::bad_operation(json!({"uid": "u", "operation": "PATCH"}), "request.operation must be one of CREATE, UPDATE, DELETE and CONNECT")]
+    #[case::kind_incomplete(json!({"uid": "u", "operation": "DELETE", "kind": {"group": "", "version": "v1"}, "resource": {"group": "", "version": "v1", "resource": "pods"}, "userInfo": {}}), "request.kind.kind is missing")]
+    #[case::groups_not_strings(json!({"uid": "u", "operation": "DELETE", "userInfo": {"groups": [1]}}), "request.userInfo.groups must be a list of strings")]
+    #[case::dry_run_text(json!({"uid": "u", "dryRun": "yes"}), "request.dryRun must be true or false")]
+    #[case::request_list(json!([]), "request must be a JSON object")]
+    #[case::name_number(json!({"uid": "u", "operation": "CREATE", "object": {"metadata": {"name": 7}}}), "request.object.metadata.name must be a string")]
+    #[case::metadata_list(json!({"uid": "u", "operation": "CREATE", "object": {"metadata": []}}), "request.object.metadata must be a JSON object")]
+    fn wrong_shapes_name_the_field(#[case] request: Value, #[case] expected: &str) {
+        let body = serde_json::to_vec(
+            &json!({"apiVersion": V1, "kind": "AdmissionReview", "request": request}),
+        )
+        .unwrap();
+        let err = decode(&body).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+
+    #[test]
+    fn duplicate_envelope_fields_are_refused() {
+        let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"a","uid":"b"}}"#;
+        let err = decode(body.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("duplicate field `request.uid`"), "{err}");
+    }
+
+    #[test]
+    fn request_json_is_the_request_as_it_came() {
+        let body = std::fs::read(format!(
+            "{}/examples/reviews/update-image.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let review = decode(&body).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(review.request_json().unwrap().to_value(), v["request"]);
     }
 }

@@ -1,0 +1,768 @@
+//! JSON text, read in place: one validating pass over a review body that builds nothing, and
+//! the cursors the decoder and the policy kinds read the validated text with.
+//!
+//! Strings, whitespace runs and skipped values are the bulk of a review, so they are scanned
+//! eight bytes at a time (SWAR on `u64` words, safe and portable): a string costs one step per
+//! eight bytes up to its closing quote, an indentation run one step per eight spaces. Values
+//! are skipped iteratively with a bit stack for the open containers, so nesting costs no
+//! stack and is bounded by the caller's limit. Everything RFC 8259 requires is checked:
+//! structure, string escapes, control characters, number and literal syntax (UTF-8 is checked
+//! once for the whole body by the caller).
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a text is not valid JSON, and at which byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Error {
+    /// The byte offset in the text where reading stopped.
+    pub(crate) at: usize,
+    /// What was wrong there.
+    pub(crate) what: What,
+}
+
+/// What a JSON text got wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum What {
+    /// The text ended inside a value.
+    Eof,
+    /// Something else stood where this was expected.
+    Expected(&'static str),
+    /// A raw control character inside a string.
+    ControlCharacter,
+    /// A backslash not followed by a valid escape.
+    BadEscape,
+    /// A number that breaks JSON's number syntax.
+    BadNumber,
+    /// Nesting deeper than the limit.
+    TooDeep(usize),
+    /// Text after the end of the top-level value.
+    Trailing,
+}
+
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            What::Eof => f.write_str("the text ends in the middle of a value"),
+            What::Expected(what) => write!(f, "expected {what}"),
+            What::ControlCharacter => f.write_str("control character in a string"),
+            What::BadEscape => f.write_str("invalid escape in a string"),
+            What::BadNumber => f.write_str("invalid number"),
+            What::TooDeep(limit) => write!(
+                f,
+                "recursion limit exceeded (nested deeper than {limit} levels)"
+            ),
+            What::Trailing => f.write_str("trailing characters after the review"),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn new(at: usize, what: What) -> Self {
+        Self { at, what }
+    }
+
+    /// `what at line L column C` of `text`.
+    pub(crate) fn describe(&self, text: &[u8]) -> String {
+        format!("{} at {}", self.what, position(text, self.at))
+    }
+}
+
+/// `line L column C` of byte `at` in `text` (columns count bytes, from 1).
+pub(crate) fn position(text: &[u8], at: usize) -> String {
+    let at = at.min(text.len());
+    let before = &text[..at];
+    let line = 1 + memchr::memchr_iter(b'\n', before).count();
+    let column = 1 + at - memchr::memrchr(b'\n', before).map_or(0, |n| n + 1);
+    format!("line {line} column {column}")
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const SPACES: u64 = 0x2020_2020_2020_2020;
+
+/// The eight bytes at `i` as a little-endian word (byte `i` lowest), if there are eight.
+#[inline(always)]
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: &[u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// The high bit of each byte of `w` equal to `c`; exact for the lowest such byte (borrows
+/// can only mark bytes above a true match).
+#[inline(always)]
+fn eq_mask(w: u64, c: u8) -> u64 {
+    let x = w ^ (ONES * c as u64);
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The high bit of each byte of `w` below `c` (`c` ≤ 0x80); exact for the lowest such byte.
+#[inline(always)]
+fn lt_mask(w: u64, c: u8) -> u64 {
+    w.wrapping_sub(ONES * c as u64) & !w & HIGHS
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+#[inline(always)]
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    loop {
+        match b.get(i) {
+            Some(b' ' | b'\t' | b'\r') => i += 1,
+            Some(b'\n') => {
+                i += 1;
+                // Indentation: eight spaces at a time.
+                while word(b, i) == Some(SPACES) {
+                    i += 8;
+                }
+            }
+            _ => return i,
+        }
+    }
+}
+
+/// From just after an opening quote: the index just after the closing quote, and whether
+/// the string has escapes.
+#[inline]
+pub(crate) fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        while let Some(w) = word(b, i) {
+            let m = eq_mask(w, b'"') | eq_mask(w, b'\\') | lt_mask(w, 0x20);
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match b.get(i) {
+            Some(b'"') => return Ok((i + 1, escaped)),
+            Some(b'\\') => {
+                escaped = true;
+                i = escape_end(b, i)?;
+            }
+            Some(&c) if c < 0x20 => return Err(Error::new(i, What::ControlCharacter)),
+            Some(_) => i += 1,
+            None => return Err(Error::new(i, What::Eof)),
+        }
+    }
+}
+
+/// From a backslash at `i`: the index after its escape.
+fn escape_end(b: &[u8], i: usize) -> Result<usize> {
+    match b.get(i + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+        Some(b'u') => match hex4(b, i + 2)? {
+            // A high surrogate must be followed by an escaped low one; a low one alone is
+            // no character either.
+            0xD800..=0xDBFF => match (b.get(i + 6..i + 8), hex4(b, i + 8)) {
+                (Some(br"\u"), Ok(0xDC00..=0xDFFF)) => Ok(i + 12),
+                _ => Err(Error::new(i, What::BadEscape)),
+            },
+            0xDC00..=0xDFFF => Err(Error::new(i, What::BadEscape)),
+            _ => Ok(i + 6),
+        },
+        Some(_) => Err(Error::new(i, What::BadEscape)),
+        None => Err(Error::new(i + 1, What::Eof)),
+    }
+}
+
+/// The four hex digits at `i` as a number.
+fn hex4(b: &[u8], i: usize) -> Result<u32> {
+    let digits = b.get(i..i + 4).ok_or(Error::new(b.len(), What::Eof))?;
+    digits.iter().try_fold(0u32, |n, &d| {
+        let v = (d as char)
+            .to_digit(16)
+            .ok_or(Error::new(i, What::BadEscape))?;
+        Ok(n << 4 | v)
+    })
+}
+
+/// From the first byte of a number: the index after it.
+fn number_end(b: &[u8], mut i: usize) -> Result<usize> {
+    let digits = |b: &[u8], mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(b, i + 1),
+        Some(_) => return Err(Error::new(i, What::BadNumber)),
+        None => return Err(Error::new(i, What::Eof)),
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(b, i + 1);
+        if end == i + 1 {
+            return Err(Error::new(end, What::BadNumber));
+        }
+        i = end;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = digits(b, i);
+        if end == i {
+            return Err(Error::new(end, What::BadNumber));
+        }
+        i = end;
+    }
+    Ok(i)
+}
+
+/// From the first byte of a literal: the index after it.
+fn literal_end(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize> {
+    match b.get(i..i + word.len()) {
+        Some(w) if w == word => Ok(i + word.len()),
+        Some(_) => Err(Error::new(i, What::Expected("a value"))),
+        None => Err(Error::new(b.len(), What::Eof)),
+    }
+}
+
+/// From an opening quote of a key at `i`: the index of the value after its colon.
+#[inline]
+fn after_key(b: &[u8], i: usize) -> Result<usize> {
+    let (end, _) = string_end(b, i + 1)?;
+    let colon = skip_ws(b, end);
+    match b.get(colon) {
+        Some(b':') => Ok(skip_ws(b, colon + 1)),
+        Some(_) => Err(Error::new(colon, What::Expected("`:`"))),
+        None => Err(Error::new(colon, What::Eof)),
+    }
+}
+
+/// The deepest nesting [`skip_value`] can track.
+pub(crate) const MAX_DEPTH: usize = 256;
+
+/// Skips the value that starts at `i` (no whitespace before it), checking it is valid JSON
+/// that nests at most `max_depth` containers deep (the value itself counts when it is one);
+/// returns the index just after it.
+pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usize> {
+    let max_depth = max_depth.min(MAX_DEPTH);
+    // Bit d set: the container at depth d + 1 is an object.
+    let mut objects = [0u64; MAX_DEPTH / 64];
+    let mut depth = 0usize;
+    'value: loop {
+        match b.get(i) {
+            Some(b'"') => i = string_end(b, i + 1)?.0,
+            Some(&open @ (b'{' | b'[')) => {
+                if depth == max_depth {
+                    return Err(Error::new(i, What::TooDeep(max_depth)));
+                }
+                let is_object = open == b'{';
+                let (slot, bit) = (depth / 64, 1u64 << (depth % 64));
+                if is_object {
+                    objects[slot] |= bit;
+                } else {
+                    objects[slot] &= !bit;
+                }
+                depth += 1;
+                i = skip_ws(b, i + 1);
+                match b.get(i) {
+                    Some(b'}') if is_object => {
+                        i += 1;
+                        depth -= 1;
+                    }
+                    Some(b']') if !is_object => {
+                        i += 1;
+                        depth -= 1;
+                    }
+                    Some(b'"') if is_object => {
+                        i = after_key(b, i)?;
+                        continue 'value;
+                    }
+                    Some(_) if is_object => {
+                        return Err(Error::new(i, What::Expected("`\"` or `}`")));
+                    }
+                    Some(_) => continue 'value,
+                    None => return Err(Error::new(i, What::Eof)),
+                }
+            }
+            Some(b't') => i = literal_end(b, i, b"true")?,
+            Some(b'f') => i = literal_end(b, i, b"false")?,
+            Some(b'n') => i = literal_end(b, i, b"null")?,
+            Some(b'-' | b'0'..=b'9') => i = number_end(b, i)?,
+            Some(_) => return Err(Error::new(i, What::Expected("a value"))),
+            None => return Err(Error::new(i, What::Eof)),
+        }
+        // After a value: the next element, or the end of containers.
+        loop {
+            if depth == 0 {
+                return Ok(i);
+            }
+            i = skip_ws(b, i);
+            let in_object = objects[(depth - 1) / 64] & (1u64 << ((depth - 1) % 64)) != 0;
+            match b.get(i) {
+                Some(b',') => {
+                    i = skip_ws(b, i + 1);
+                    if in_object {
+                        if b.get(i) != Some(&b'"') {
+                            return Err(Error::new(i, What::Expected("`\"`")));
+                        }
+                        i = after_key(b, i)?;
+                    }
+                    continue 'value;
+                }
+                Some(b'}') if in_object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                Some(b']') if !in_object => {
+                    i += 1;
+                    depth -= 1;
+                }
+                Some(_) => {
+                    let what = if in_object {
+                        "`,` or `}`"
+                    } else {
+                        "`,` or `]`"
+                    };
+                    return Err(Error::new(i, What::Expected(what)));
+                }
+                None => return Err(Error::new(i, What::Eof)),
+            }
+        }
+    }
+}
+
+/// The text of a string's contents (between its quotes) with escapes resolved; `None` for an
+/// escape JSON allows but no string can hold (a lone surrogate).
+pub(crate) fn unescape(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.contains('\\') {
+        return Some(Cow::Borrowed(raw));
+    }
+    let b = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        let Some(off) = memchr::memchr(b'\\', &b[i..]) else {
+            out.push_str(&raw[i..]);
+            break;
+        };
+        out.push_str(&raw[i..i + off]);
+        i += off;
+        let hex = |at: usize| {
+            raw.get(at..at + 4)
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+        };
+        let c = match b.get(i + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = hex(i + 2)?;
+                i += 6;
+                let c = if (0xD800..0xDC00).contains(&first) {
+                    // A high surrogate must be followed by an escaped low one.
+                    if raw.get(i..i + 2) != Some("\\u") {
+                        return None;
+                    }
+                    let second = hex(i + 2)?;
+                    if !(0xDC00..0xE000).contains(&second) {
+                        return None;
+                    }
+                    i += 6;
+                    char::from_u32(0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00))?
+                } else {
+                    char::from_u32(first)?
+                };
+                out.push(c);
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(c);
+        i += 2;
+    }
+    Some(Cow::Owned(out))
+}
+
+/// A key of an object as it is written (between its quotes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<'a> {
+    raw: &'a str,
+    escaped: bool,
+}
+
+impl<'a> Key<'a> {
+    /// Whether the key, escapes resolved, is `name`.
+    #[inline]
+    pub(crate) fn is(&self, name: &str) -> bool {
+        if self.escaped {
+            unescape(self.raw).is_some_and(|k| k == name)
+        } else {
+            self.raw == name
+        }
+    }
+
+    /// The key with escapes resolved (`None` for a lone surrogate).
+    pub(crate) fn text(&self) -> Option<Cow<'a, str>> {
+        if self.escaped {
+            unescape(self.raw)
+        } else {
+            Some(Cow::Borrowed(self.raw))
+        }
+    }
+}
+
+/// Reads the members of an object one at a time: each [`Members::next_key`] moves past the
+/// previous value (skipping it unless the caller read it and said where it ended) and stops
+/// at the next value's first byte.
+pub(crate) struct Members<'a> {
+    text: &'a str,
+    /// The next unread byte: the value of the current key, or where the previous one ended.
+    pos: usize,
+    /// Whether the current key's value is still to be passed.
+    pending: bool,
+    first: bool,
+    /// Nesting allowed in each value skipped.
+    depth: usize,
+}
+
+impl<'a> Members<'a> {
+    /// Opens the object at `at` (its `{`), skipping values up to `depth` deep.
+    pub(crate) fn open(text: &'a str, at: usize, depth: usize) -> Result<Self> {
+        match text.as_bytes().get(at) {
+            Some(b'{') => Ok(Self {
+                text,
+                pos: at + 1,
+                pending: false,
+                first: true,
+                depth,
+            }),
+            Some(_) => Err(Error::new(at, What::Expected("`{`"))),
+            None => Err(Error::new(at, What::Eof)),
+        }
+    }
+
+    /// The next key, or `None` after the closing brace (then [`Members::end`] is after it).
+    #[inline]
+    pub(crate) fn next_key(&mut self) -> Result<Option<Key<'a>>> {
+        let b = self.text.as_bytes();
+        if self.pending {
+            self.skip()?;
+        }
+        let mut i = skip_ws(b, self.pos);
+        if self.first {
+            self.first = false;
+            if b.get(i) == Some(&b'}') {
+                self.pos = i + 1;
+                return Ok(None);
+            }
+        } else {
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    self.pos = i + 1;
+                    return Ok(None);
+                }
+                Some(_) => return Err(Error::new(i, What::Expected("`,` or `}`"))),
+                None => return Err(Error::new(i, What::Eof)),
+            }
+        }
+        match b.get(i) {
+            Some(b'"') => {}
+            Some(_) => return Err(Error::new(i, What::Expected("`\"`"))),
+            None => return Err(Error::new(i, What::Eof)),
+        }
+        let (end, escaped) = string_end(b, i + 1)?;
+        let colon = skip_ws(b, end);
+        match b.get(colon) {
+            Some(b':') => {}
+            Some(_) => return Err(Error::new(colon, What::Expected("`:`"))),
+            None => return Err(Error::new(colon, What::Eof)),
+        }
+        self.pos = skip_ws(b, colon + 1);
+        self.pending = true;
+        Ok(Some(Key {
+            raw: &self.text[i + 1..end - 1],
+            escaped,
+        }))
+    }
+
+    /// Where the current key's value starts.
+    pub(crate) fn value_start(&self) -> usize {
+        self.pos
+    }
+
+    /// The first byte of the current key's value.
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    /// Skips the current key's value (checked), returning its text.
+    #[inline]
+    pub(crate) fn skip(&mut self) -> Result<&'a str> {
+        let start = self.pos;
+        let end = skip_value(self.text.as_bytes(), start, self.depth)?;
+        self.pos = end;
+        self.pending = false;
+        Ok(&self.text[start..end])
+    }
+
+    /// Says the caller read the current key's value itself and it ended at `end`.
+    pub(crate) fn read_to(&mut self, end: usize) {
+        self.pos = end;
+        self.pending = false;
+    }
+
+    /// Just after the closing brace, once [`Members::next_key`] has returned `None`.
+    pub(crate) fn end(&self) -> usize {
+        self.pos
+    }
+}
+
+/// The elements of an array one at a time, as text (each checked, nesting at most `depth`).
+pub(crate) struct Items<'a> {
+    text: &'a str,
+    pos: usize,
+    first: bool,
+    done: bool,
+    depth: usize,
+}
+
+impl<'a> Items<'a> {
+    /// Opens the array at `at` (its `[`).
+    pub(crate) fn open(text: &'a str, at: usize, depth: usize) -> Result<Self> {
+        match text.as_bytes().get(at) {
+            Some(b'[') => Ok(Self {
+                text,
+                pos: at + 1,
+                first: true,
+                done: false,
+                depth,
+            }),
+            Some(_) => Err(Error::new(at, What::Expected("`[`"))),
+            None => Err(Error::new(at, What::Eof)),
+        }
+    }
+
+    /// The next element's text, or `None` after the closing bracket.
+    pub(crate) fn next_item(&mut self) -> Result<Option<(usize, &'a str)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let b = self.text.as_bytes();
+        let mut i = skip_ws(b, self.pos);
+        if self.first {
+            self.first = false;
+            if b.get(i) == Some(&b']') {
+                self.pos = i + 1;
+                self.done = true;
+                return Ok(None);
+            }
+        } else {
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b']') => {
+                    self.pos = i + 1;
+                    self.done = true;
+                    return Ok(None);
+                }
+                Some(_) => return Err(Error::new(i, What::Expected("`,` or `]`"))),
+                None => return Err(Error::new(i, What::Eof)),
+            }
+        }
+        let end = skip_value(b, i, self.depth)?;
+        self.pos = end;
+        Ok(Some((i, &self.text[i..end])))
+    }
+
+    /// Just after the closing bracket, once [`Items::next_item`] has returned `None`.
+    pub(crate) fn end(&self) -> usize {
+        self.pos
+    }
+}
+
+/// A string value at `at` (its opening quote): its contents as written, whether it has escapes,
+/// and the index after it.
+pub(crate) fn string_at(text: &str, at: usize) -> Result<(&str, bool, usize)> {
+    let b = text.as_bytes();
+    match b.get(at) {
+        Some(b'"') => {
+            let (end, escaped) = string_end(b, at + 1)?;
+            Ok((&text[at + 1..end - 1], escaped, end))
+        }
+        Some(_) => Err(Error::new(at, What::Expected("a string"))),
+        None => Err(Error::new(at, What::Eof)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn check(text: &str) -> std::result::Result<(), What> {
+        let b = text.as_bytes();
+        let start = skip_ws(b, 0);
+        let end = skip_value(b, start, 128).map_err(|e| e.what)?;
+        if skip_ws(b, end) != b.len() {
+            return Err(What::Trailing);
+        }
+        Ok(())
+    }
+
+    /// The scanner accepts exactly what serde_json accepts.
+    #[rstest]
+    #[case("0")]
+    #[case("-0")]
+    #[case("-12.5e+3")]
+    #[case("1E9")]
+    #[case("01")]
+    #[case("1.")]
+    #[case(".5")]
+    #[case("-")]
+    #[case("+1")]
+    #[case("1e")]
+    #[case("1e+")]
+    #[case("0x10")]
+    #[case("true")]
+    #[case("tru")]
+    #[case("nul")]
+    #[case("falsey")]
+    #[case("\"\"")]
+    #[case("\"abc\\\"def\"")]
+    #[case("\"a\\u00e9b\"")]
+    #[case("\"a\\u00g9b\"")]
+    #[case("\"a\\xb\"")]
+    #[case("\"tab\there\"")]
+    #[case("\"new\nline\"")]
+    #[case("\"unterminated")]
+    #[case("\"ends in backslash\\")]
+    #[case("\"0123456789abcdef0123456789\\\"abcdefgh\"")]
+    #[case("{}")]
+    #[case("[]")]
+    #[case("{ }")]
+    #[case("[ ]")]
+    #[case("{\"a\":1}")]
+    #[case("{\"a\" : 1 , \"b\" : [ 1 , 2 ] }")]
+    #[case("{\"a\":1,}")]
+    #[case("[1,]")]
+    #[case("[,1]")]
+    #[case("{,}")]
+    #[case("{\"a\"}")]
+    #[case("{\"a\":}")]
+    #[case("{1:2}")]
+    #[case("[1 2]")]
+    #[case("{\"a\":1 \"b\":2}")]
+    #[case("[}")]
+    #[case("{]")]
+    #[case("[[[]]]")]
+    #[case("[[[]]")]
+    #[case("[[[]]]]")]
+    #[case("{\"a\":{\"b\":{\"c\":[{},{\"d\":null}]}}}")]
+    #[case("\n  {\n    \"a\": [\n        1,\n        \"x\"\n    ]\n}\n")]
+    #[case("{\"k\":\"v\"} x")]
+    #[case("")]
+    #[case("   ")]
+    fn accepts_what_serde_json_accepts(#[case] text: &str) {
+        let ours = check(text).is_ok();
+        let theirs = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+        assert_eq!(ours, theirs, "{text:?}: ours {:?}", check(text));
+    }
+
+    #[test]
+    fn control_characters_anywhere_in_a_long_string_are_refused() {
+        for at in 0..40 {
+            let mut s = "x".repeat(40);
+            s.replace_range(at..at + 1, "\u{1}");
+            let text = format!("\"{s}\"");
+            assert_eq!(check(&text), Err(What::ControlCharacter), "{at}");
+        }
+    }
+
+    #[test]
+    fn quotes_and_escapes_at_every_offset_of_a_word_are_found() {
+        for at in 0..24 {
+            let text = format!("[\"{}\\\"{}\",1]", "a".repeat(at), "b".repeat(24 - at));
+            let b = text.as_bytes();
+            assert_eq!(skip_value(b, 0, 8), Ok(b.len()), "{text}");
+            let (end, escaped) = string_end(b, 2).unwrap();
+            assert!(escaped);
+            assert_eq!(&text[end..], ",1]", "{text}");
+        }
+    }
+
+    #[test]
+    fn depth_is_limited_and_counted_from_the_value_itself() {
+        let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(skip_value(nest(3).as_bytes(), 0, 3), Ok(7));
+        assert_eq!(
+            skip_value(nest(4).as_bytes(), 0, 3).unwrap_err().what,
+            What::TooDeep(3)
+        );
+        // Objects and arrays mixed past 64 levels keep their kinds apart.
+        let mut text = String::new();
+        for d in 0..200 {
+            text.push_str(if d % 3 == 0 { "{\"k\":" } else { "[" });
+        }
+        text.push('0');
+        for d in (0..200).rev() {
+            text.push(if d % 3 == 0 { '}' } else { ']' });
+        }
+        assert_eq!(skip_value(text.as_bytes(), 0, 200), Ok(text.len()));
+        assert!(skip_value(text.as_bytes(), 0, 199).is_err());
+        let wrong = text.replacen("]}", "}}", 1);
+        assert!(skip_value(wrong.as_bytes(), 0, 200).is_err());
+    }
+
+    #[rstest]
+    #[case("plain", Some("plain"))]
+    #[case(r"a\u0041\n\t\/\\\u00e9", Some("aA\n\t/\\é"))]
+    #[case(r"\ud83d\ude00", Some("😀"))]
+    #[case(r"\ud83d", None)]
+    #[case(r"\ud83dx", None)]
+    #[case(r"\ude00", None)]
+    #[case(r"\ud83d\u0041", None)]
+    fn unescapes_like_serde_json(#[case] raw: &str, #[case] expected: Option<&str>) {
+        assert_eq!(unescape(raw).as_deref(), expected);
+        let theirs = serde_json::from_str::<String>(&format!("\"{raw}\"")).ok();
+        assert_eq!(theirs.as_deref(), expected);
+    }
+
+    #[test]
+    fn members_and_items_walk_in_order() {
+        let text = r#"{ "a" : [1, {"b": 2}] , "c\u0064" : "x", "e": {} }"#;
+        let mut m = Members::open(text, 0, 8).unwrap();
+        let mut seen = Vec::new();
+        while let Some(k) = m.next_key().unwrap() {
+            let key = k.text().unwrap().into_owned();
+            if key == "a" {
+                let mut items = Items::open(text, m.value_start(), 8).unwrap();
+                let mut n = 0;
+                while items.next_item().unwrap().is_some() {
+                    n += 1;
+                }
+                m.read_to(items.end());
+                seen.push(format!("{key}:{n}"));
+            } else {
+                seen.push(format!("{key}={}", m.skip().unwrap()));
+            }
+        }
+        assert_eq!(seen, ["a:2", "cd=\"x\"", "e={}"]);
+        assert_eq!(m.end(), text.len());
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let text = "{\n  \"a\": tru\n}";
+        let err = skip_value(text.as_bytes(), 0, 8).unwrap_err();
+        assert_eq!(
+            err.describe(text.as_bytes()),
+            "expected a value at line 2 column 8"
+        );
+    }
+}
