@@ -106,14 +106,30 @@ fn lt_mask(w: u64, c: u8) -> u64 {
 
 /// The index of the first byte at or after `i` that is not JSON whitespace.
 #[inline(always)]
-pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(b: &[u8], i: usize) -> usize {
+    // Most calls land on a value or a separator at once (the API server writes no spaces).
+    match b.get(i) {
+        Some(&c) if c > b' ' => i,
+        None => i,
+        Some(_) => skip_ws_run(b, i),
+    }
+}
+
+/// [`skip_ws`] over a run of whitespace.
+#[inline(never)]
+fn skip_ws_run(b: &[u8], mut i: usize) -> usize {
     loop {
         match b.get(i) {
             Some(b' ' | b'\t' | b'\r') => i += 1,
             Some(b'\n') => {
                 i += 1;
-                // Indentation: eight spaces at a time.
-                while word(b, i) == Some(SPACES) {
+                // Indentation: eight bytes at a time, up to the first that is not a space.
+                while let Some(w) = word(b, i) {
+                    let other = w ^ SPACES;
+                    if other != 0 {
+                        i += (other.trailing_zeros() / 8) as usize;
+                        break;
+                    }
                     i += 8;
                 }
             }
@@ -124,7 +140,7 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// From just after an opening quote: the index just after the closing quote, and whether
 /// the string has escapes.
-#[inline]
+#[inline(always)]
 pub(crate) fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool)> {
     let mut escaped = false;
     loop {
@@ -227,7 +243,7 @@ fn literal_end(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize> {
 }
 
 /// From an opening quote of a key at `i`: the index of the value after its colon.
-#[inline]
+#[inline(always)]
 fn after_key(b: &[u8], i: usize) -> Result<usize> {
     let (end, _) = string_end(b, i + 1)?;
     let colon = skip_ws(b, end);
