@@ -239,8 +239,19 @@ pub struct Gvr<'a> {
 pub struct User<'a> {
     /// The user name.
     pub username: Option<Cow<'a, str>>,
+    /// `groups`, checked at decode time to be a list of strings (kept as text, so a huge list
+    /// costs no memory).
+    groups: Option<Raw<'a>>,
+}
+
+impl<'a> User<'a> {
     /// The user's groups.
-    pub groups: Vec<Cow<'a, str>>,
+    pub fn groups(&self) -> impl Iterator<Item = Cow<'a, str>> + use<'a> {
+        self.groups
+            .into_iter()
+            .flat_map(Raw::iter_items)
+            .filter_map(Raw::as_str)
+    }
 }
 
 /// `object` or `oldObject` of a review: its raw JSON and the parts read at decode time.
@@ -695,23 +706,28 @@ impl<'a> Reader<'a> {
             if k.is("username") {
                 user.username = self.opt_string(&mut m, "request.userInfo.username")?;
             } else if k.is("groups") {
-                user.groups.clear();
-                match m.peek() {
+                user.groups = match m.peek() {
                     Some(b'[') => {
-                        let mut items = Items::open(self.text, m.value_start(), 1)
-                            .map_err(|e| self.syntax(e))?;
+                        let start = m.value_start();
+                        let mut items =
+                            Items::open(self.text, start, 1).map_err(|e| self.syntax(e))?;
                         while let Some((at, item)) =
                             items.next_item().map_err(|e| self.syntax(e))?
                         {
-                            let group = Raw(item).as_str().ok_or_else(|| {
-                                self.wrong("request.userInfo.groups", "a list of strings", at)
-                            })?;
-                            user.groups.push(group);
+                            if Raw(item).as_str().is_none() {
+                                return Err(self.wrong(
+                                    "request.userInfo.groups",
+                                    "a list of strings",
+                                    at,
+                                ));
+                            }
                         }
                         m.read_to(items.end());
+                        Some(Raw(&self.text[start..items.end()]))
                     }
                     Some(b'n') => {
                         self.skip(&mut m)?;
+                        None
                     }
                     _ => {
                         return Err(self.wrong(
@@ -720,7 +736,7 @@ impl<'a> Reader<'a> {
                             m.value_start(),
                         ));
                     }
-                }
+                };
             } else {
                 self.skip(&mut m)?;
             }
@@ -948,6 +964,72 @@ pub fn respond(req: &Review<'_>, decision: &Decision) -> AdmissionReview<Dynamic
             .insert(f.policy.clone(), f.message.clone());
     }
     resp.into_review()
+}
+
+/// The answer to a review as JSON, written straight from the decision: byte for byte what
+/// [`respond`] serialized with serde_json gives (kube's response types), without building
+/// them. Audit annotations come in the order the policies ran (kube's map has none).
+pub fn answer(req: &Review<'_>, decision: &Decision) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        // serde_json's own escaping, as kube's types are serialized with it.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    let extra: usize = decision
+        .denials
+        .iter()
+        .chain(&decision.warnings)
+        .chain(&decision.audits)
+        .map(|f| f.message.len() + f.policy.len() + 8)
+        .sum();
+    let mut out = Vec::with_capacity(160 + req.uid.len() + extra);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    string(&mut out, req.api_version);
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    string(&mut out, &req.uid);
+    if decision.allowed() {
+        out.extend_from_slice(b",\"allowed\":true,\"status\":{}");
+    } else {
+        out.extend_from_slice(
+            b",\"allowed\":false,\"status\":{\"status\":\"Failure\",\"code\":403",
+        );
+        let message = decision.deny_message();
+        if !message.is_empty() {
+            out.extend_from_slice(b",\"message\":");
+            string(&mut out, &message);
+        }
+        out.extend_from_slice(b",\"reason\":\"Forbidden\"}");
+    }
+    let audits = &decision.audits;
+    if !audits.is_empty() {
+        out.extend_from_slice(b",\"auditAnnotations\":{");
+        let mut first = true;
+        for (i, f) in audits.iter().enumerate() {
+            // One entry per key, the last one written winning (as in kube's map).
+            if audits[i + 1..].iter().any(|later| later.policy == f.policy) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            string(&mut out, &f.policy);
+            out.push(b':');
+            string(&mut out, &f.message);
+        }
+        out.push(b'}');
+    }
+    if !decision.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, f) in decision.warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(&mut out, &f.message);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// `Deployment app-ns/alpine-deploy`, `Deployment app-ns/alpine-deploy (scale)`.
@@ -1218,14 +1300,46 @@ mod tests {
             ..Decision::default()
         };
         let req = decode(&body).unwrap();
+        let kube = String::from_utf8(kube_answer(&body, &decision)).unwrap();
         let ours = serde_json::to_vec(&respond(&req, &decision)).unwrap();
-        assert_eq!(
-            String::from_utf8(ours).unwrap(),
-            String::from_utf8(kube_answer(&body, &decision)).unwrap()
-        );
+        assert_eq!(String::from_utf8(ours).unwrap(), kube);
+        assert_eq!(String::from_utf8(answer(&req, &decision)).unwrap(), kube);
         let plain = Decision::default();
         let ours = serde_json::to_vec(&respond(&req, &plain)).unwrap();
         assert_eq!(ours, kube_answer(&body, &plain), "{example}");
+        assert_eq!(
+            answer(&req, &plain),
+            kube_answer(&body, &plain),
+            "{example}"
+        );
+    }
+
+    /// Several audit annotations (kube's map orders them at random, so compared as JSON),
+    /// escapes and control characters in messages, and a denial without a message.
+    #[test]
+    fn answers_with_many_findings_are_kubes() {
+        let body = serde_json::to_vec(&review(V1)).unwrap();
+        let req = decode(&body).unwrap();
+        let finding = |policy: &str, message: &str| Finding {
+            policy: policy.into(),
+            message: message.into(),
+        };
+        for decision in [
+            Decision {
+                denials: vec![finding("p", "tab\there \u{1} \\ / \"q\" é")],
+                warnings: vec![finding("w1", "a"), finding("w2", "b\nc")],
+                audits: vec![finding("a", "1"), finding("b", "2"), finding("a", "3")],
+                ..Decision::default()
+            },
+            Decision {
+                denials: vec![finding("p", "")],
+                ..Decision::default()
+            },
+        ] {
+            let ours: Value = serde_json::from_slice(&answer(&req, &decision)).unwrap();
+            let kube: Value = serde_json::from_slice(&kube_answer(&body, &decision)).unwrap();
+            assert_eq!(ours, kube);
+        }
     }
 
     #[rstest]

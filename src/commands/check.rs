@@ -588,7 +588,7 @@ items:
         assert_eq!(r.resource.group, "apps");
         assert_eq!(r.resource.resource, "deployments");
         assert_eq!(r.user_info.username.as_deref(), Some("ci-bot"));
-        assert_eq!(r.user_info.groups, vec!["ci"]);
+        assert_eq!(r.user_info.groups().collect::<Vec<_>>(), vec!["ci"]);
         assert!(matches!(
             r.operation,
             kube::core::admission::Operation::Create

@@ -1118,12 +1118,7 @@ impl Attributes {
                     .unwrap_or("")
                     .to_owned(),
                 uid: String::new(),
-                groups: review
-                    .user_info
-                    .groups
-                    .iter()
-                    .map(|g| g.to_string())
-                    .collect(),
+                groups: review.user_info.groups().map(|g| g.into_owned()).collect(),
                 extra: BTreeMap::new(),
             },
             dry_run: review.dry_run,
