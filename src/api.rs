@@ -261,11 +261,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
     };
     let policies = state.policies.load();
     let decision = policies.evaluate(&req).await;
-    let review = admission::respond(&req, &decision);
-    let encoded = serde_json::to_vec(&review).map_err(|e| {
-        tracing::error!(uid = %req.uid, error = %e, "could not encode the admission response");
-        ApiError::Internal
-    })?;
+    let encoded = admission::answer(&req, &decision);
     let elapsed = started.elapsed();
     state.notifier.notify(&req, &decision, &policies);
 

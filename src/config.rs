@@ -120,7 +120,7 @@ impl Default for Limits {
             max_handshakes_per_source: 64,
             max_concurrent_requests: 256,
             max_streams_per_connection: 32,
-            max_inflight_body_bytes: 16 * 1024 * 1024,
+            max_inflight_body_bytes: 32 * 1024 * 1024,
             min_body_bytes_per_second: 256 * 1024,
             body_rate_grace: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(120),

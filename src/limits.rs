@@ -58,10 +58,17 @@ pub async fn limit_requests(
     }
 }
 
-/// A budget of request-body bytes being read or worked on at once. Parsing a review takes a
-/// multiple of its size in memory, so the sum of bodies in progress, not only each body, is
-/// what bounds memory. A request reserves its `Content-Length` (or the body limit when the
-/// length is not announced) before its body is read. It is not first come, first served: a
+/// What a request takes in memory while its body is read, decoded and judged, as a multiple of
+/// the body's size: the body itself, plus at most as much again for decoding and the policies
+/// (the decoder builds nothing whose size follows the body's but a bit per nesting level, and
+/// policy kinds keep a bounded number of findings; `bench/load.sh` with `MEMORY=1` measures the
+/// hostile shapes). Each request reserves this much from the [`BodyBudget`].
+pub const MEMORY_PER_BODY_BYTE: usize = 2;
+
+/// A budget of the memory request bodies in progress take while read, decoded and judged: the
+/// sum of bodies in progress, not only each body, is what bounds memory. A request reserves
+/// [`MEMORY_PER_BODY_BYTE`] times its `Content-Length` (or the body limit when the length is
+/// not announced) before its body is read. It is not first come, first served: a
 /// request that fits in what is free goes ahead even while a larger one waits (within its
 /// deadline) for room.
 #[derive(Clone)]
@@ -195,10 +202,10 @@ impl BodyReader {
     async fn read(&self, body: Body, expected: Option<usize>) -> Result<Bytes, BodyError> {
         let started = Instant::now();
         let mut body = body;
-        // An announced length is not trusted for more than 1 MiB up front: the buffer grows as
-        // the bytes arrive.
-        let mut buf =
-            Vec::with_capacity(expected.unwrap_or(0).min(self.max_body_bytes).min(1 << 20));
+        // An announced length (within the body limit, checked before) is allocated at once, so
+        // the buffer is never copied as it grows: the pages of a large allocation take memory
+        // only as the bytes arrive. Without one the buffer starts at 64 KiB and grows.
+        let mut buf = Vec::with_capacity(expected.unwrap_or(64 << 10).min(self.max_body_bytes));
         loop {
             let frame = match self.allowed_until(started, buf.len()) {
                 Some(until) => tokio::time::timeout_at(until, body.frame())
@@ -250,7 +257,10 @@ pub async fn read_body(State(reader): State<BodyReader>, req: Request, next: Nex
         return keep_body_until_sent(req, too_large(&reader));
     }
     let expected = length.map_or(reader.max_body_bytes, |n| n as usize);
-    let _reservation = reader.budget.reserve(expected).await;
+    let _reservation = reader
+        .budget
+        .reserve(expected.saturating_mul(MEMORY_PER_BODY_BYTE))
+        .await;
     let (parts, body) = req.into_parts();
     match reader.read(body, length.map(|n| n as usize)).await {
         Ok(bytes) => {

@@ -314,6 +314,9 @@ struct Shared {
     ignored_update_fields: Vec<Vec<String>>,
     /// Events dropped so far (a full queue is logged at 1, 2, 4, 8… drops, not every time).
     drops: AtomicU64,
+    /// Request uids already notified: an API-server retry is recognised before its event is
+    /// built.
+    dedupe: std::sync::Mutex<Dedupe>,
 }
 
 /// The handle the admission handler holds: cheap to clone, never blocks.
@@ -383,6 +386,15 @@ impl Notifier {
         // Under a flood the queue stays full: count the drop before building the event's text.
         if s.tx.capacity() == 0 {
             s.dropped_full(targets.iter().map(|t| t.via), &req.uid);
+            return;
+        }
+        let first = s
+            .dedupe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_time(&req.uid, Instant::now());
+        if !first {
+            tracing::debug!(uid = %req.uid, "request uid already notified: not sent again");
             return;
         }
         let ev = Event {
@@ -565,7 +577,6 @@ pub struct Worker {
     ctx: Arc<Context>,
     concurrency: usize,
     drain_timeout: Duration,
-    dedupe_window: Duration,
     storm_max: u32,
     storm_window: Duration,
     cluster: Option<String>,
@@ -671,6 +682,7 @@ pub(crate) fn setup(
         webhook: channels.webhook.is_some(),
         ignored_update_fields: event::parse_pointers(&cfg.ignore_update_fields),
         drops: AtomicU64::new(0),
+        dedupe: std::sync::Mutex::new(Dedupe::new(cfg.dedupe_window)),
     };
     let worker = Worker {
         rx,
@@ -681,7 +693,6 @@ pub(crate) fn setup(
         }),
         concurrency: cfg.concurrency,
         drain_timeout: cfg.drain_timeout,
-        dedupe_window: cfg.dedupe_window,
         storm_max: cfg.storm.max_messages,
         storm_window: cfg.storm.window,
         cluster: cfg.cluster.clone(),
@@ -707,7 +718,6 @@ impl Worker {
     /// dropped and counted.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut storm: Storm<Target> = Storm::new(self.storm_max, self.storm_window);
-        let mut dedupe = Dedupe::new(self.dedupe_window);
         let mut ready: VecDeque<Outgoing> = VecDeque::new();
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut deadline: Option<Instant> = None;
@@ -755,25 +765,15 @@ impl Worker {
                     }
                 }
                 ev = self.rx.recv(), if !rx_done && ready.len() < self.concurrency => match ev {
-                    Some(ev) => self.handle(ev, &mut dedupe, &mut storm, &mut ready),
+                    Some(ev) => self.handle(ev, &mut storm, &mut ready),
                     None => rx_done = true,
                 },
             }
         }
     }
 
-    fn handle(
-        &self,
-        ev: Event,
-        dedupe: &mut Dedupe,
-        storm: &mut Storm<Target>,
-        ready: &mut VecDeque<Outgoing>,
-    ) {
+    fn handle(&self, ev: Event, storm: &mut Storm<Target>, ready: &mut VecDeque<Outgoing>) {
         let now = Instant::now();
-        if !dedupe.first_time(&ev.uid, now) {
-            tracing::debug!(uid = ev.uid, "request uid already notified: not sent again");
-            return;
-        }
         for (target, summary) in storm.due(now) {
             ready.push_back(self.summary(target, &summary));
         }

@@ -515,19 +515,24 @@ async fn an_idle_http2_connection_gives_its_slot_back() {
 async fn bodies_in_progress_share_a_byte_budget() {
     let body = example_review("create-3-replicas", |_| {});
     assert!(body.len() > 2048 && body.len() < 3072, "{}", body.len());
+    // Room for three bodies' bytes, but each request counts twice its body (the body and
+    // what decoding and judging it may take: `limits::MEMORY_PER_BODY_BYTE`).
+    assert_eq!(gatehouse::limits::MEMORY_PER_BODY_BYTE, 2);
+    let budget = 3 * body.len();
     let s = TestServer::start_with(None, |c| {
         c.limits.max_body_bytes = 4096;
-        c.limits.max_inflight_body_bytes = 4096;
+        c.limits.max_inflight_body_bytes = budget;
         c.limits.body_rate_grace = Duration::from_secs(30);
     })
     .await;
-    // A request announcing its ~3 KiB body and stalling holds 3 of the 4 KiB.
+    // A request announcing its ~2.5 KiB body and stalling holds two thirds of the budget.
     let mut slow = h1(&s).await;
     let mut buf = Vec::new();
     start_post(&mut slow, &mut buf, "/validate", body.len()).await;
     send(&mut slow, &body[..10]).await;
 
-    // A second ~3 KiB request does not fit: it waits, and its deadline answers it.
+    // A second request of the same size would fit by its bytes alone, but not with what it
+    // takes to judge it: it waits, and its deadline answers it.
     let started = Instant::now();
     let (status, answer) = s.post_to("/validate?timeout=1s", body.clone()).await;
     assert_eq!(status, 503, "{answer}");
