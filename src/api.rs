@@ -16,9 +16,7 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, DecodeError};
-use crate::limits::{
-    BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, limit_requests, read_body,
-};
+use crate::limits::{BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, read_body};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
@@ -126,29 +124,24 @@ pub fn harden_with_rate(
     metrics: Arc<Metrics>,
 ) -> Router {
     let panic_metrics = metrics.clone();
-    let deadline_metrics = metrics.clone();
-    let max_deadline = limits.request_timeout;
-    let reader = BodyReader {
-        max_body_bytes: limits.max_body_bytes,
-        budget: BodyBudget::new(limits.max_inflight_body_bytes),
-        min_bytes_per_second: rate.min_bytes_per_second,
-        grace: rate.grace,
-        metrics: metrics.clone(),
-    };
+    let guard = Guard(Arc::new(GuardInner {
+        max_deadline: limits.request_timeout,
+        limit: RequestLimit::new(limits.max_concurrent_requests, metrics.clone()),
+        reader: BodyReader {
+            max_body_bytes: limits.max_body_bytes,
+            budget: BodyBudget::new(limits.max_inflight_body_bytes),
+            min_bytes_per_second: rate.min_bytes_per_second,
+            grace: rate.grace,
+            metrics: metrics.clone(),
+        },
+        metrics,
+    }));
     routes
         // The body reader has read the body whole; this only lifts axum's own 2 MB default.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(reader, read_body))
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let metrics = deadline_metrics.clone();
-                async move { deadline(max_deadline, metrics, req, next).await }
-            },
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            RequestLimit::new(limits.max_concurrent_requests, metrics),
-            limit_requests,
-        ))
+        // One layer for the cap on requests in progress, the deadline and the body reader
+        // (three `from_fn` layers cost a boxed service clone and a future each per request).
+        .layer(axum::middleware::from_fn_with_state(guard, guarded))
         .layer(CatchPanicLayer::custom(
             move |_panic: Box<dyn std::any::Any + Send>| {
                 // The payload may hold request data; it is not logged.
@@ -157,6 +150,36 @@ pub fn harden_with_rate(
                 ApiError::Internal.into_response()
             },
         ))
+}
+
+/// What [`guarded`] applies to each request.
+#[derive(Clone)]
+struct Guard(Arc<GuardInner>);
+
+struct GuardInner {
+    max_deadline: Duration,
+    limit: RequestLimit,
+    reader: BodyReader,
+    metrics: Arc<Metrics>,
+}
+
+/// A place among the requests in progress (else 503 at once), then, within the request's
+/// deadline, the body read whole (within its size limit, budget and minimum rate) and the
+/// handler.
+async fn guarded(State(Guard(g)): State<Guard>, req: Request, next: Next) -> Response {
+    let _permit = match g.limit.admit() {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let limit = request_deadline(g.max_deadline, req.uri().query());
+    match tokio::time::timeout(limit, read_body(&g.reader, req, next)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            g.metrics.reject("timeout");
+            tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "deadline exceeded")
+        }
+    }
 }
 
 /// The time this request may take: `max`, or less when the API server's `?timeout=` says it
@@ -173,18 +196,6 @@ pub fn request_deadline(max: Duration, query: Option<&str>) -> Duration {
             max.min(t - margin)
         }
         _ => max,
-    }
-}
-
-async fn deadline(max: Duration, metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
-    let limit = request_deadline(max, req.uri().query());
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => {
-            metrics.reject("timeout");
-            tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "deadline exceeded")
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -40,21 +40,16 @@ impl RequestLimit {
     }
 }
 
-/// axum middleware applying a [`RequestLimit`].
-pub async fn limit_requests(
-    State(limit): State<RequestLimit>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match limit.permits.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            limit.metrics.reject("request_limit");
+impl RequestLimit {
+    /// A place among the requests in progress, or the 503 to answer at once.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.reject("request_limit");
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in progress",
             )
-        }
+        })
     }
 }
 
@@ -241,11 +236,11 @@ fn too_large(reader: &BodyReader) -> Response {
     )
 }
 
-/// axum middleware: refuses an announced length over the limit at once, reserves the body's
+/// Middleware: refuses an announced length over the limit at once, reserves the body's
 /// bytes from the budget (waiting, within the deadline, while they are not free), then reads
 /// the whole body with the size limit and the minimum rate, and hands the handler the bytes.
 /// The reservation is held until the answer is ready.
-pub async fn read_body(State(reader): State<BodyReader>, req: Request, next: Next) -> Response {
+pub async fn read_body(reader: &BodyReader, req: Request, next: Next) -> Response {
     let length = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -254,7 +249,7 @@ pub async fn read_body(State(reader): State<BodyReader>, req: Request, next: Nex
     if let Some(n) = length
         && n > reader.max_body_bytes as u64
     {
-        return keep_body_until_sent(req, too_large(&reader));
+        return keep_body_until_sent(req, too_large(reader));
     }
     let expected = length.map_or(reader.max_body_bytes, |n| n as usize);
     let _reservation = reader
@@ -267,7 +262,7 @@ pub async fn read_body(State(reader): State<BodyReader>, req: Request, next: Nex
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Err(BodyError::TooLarge) => too_large(&reader),
+        Err(BodyError::TooLarge) => too_large(reader),
         Err(BodyError::TooSlow) => {
             reader.metrics.reject("body_too_slow");
             tracing::info!(
