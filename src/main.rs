@@ -6,13 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gatehouse::{Config, commands, telemetry};
 
-/// mimalloc rather than the C library's allocator: fewer cycles per admission (glibc's malloc
-/// spent about 8 % of the server's CPU consolidating free chunks; musl's, in the container
-/// image, is slower still), and memory freed after a large review is given back to the system
-/// (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
