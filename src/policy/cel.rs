@@ -12,6 +12,7 @@
 //! matches, once per review. Native `ValidatingAdmissionPolicy` and
 //! `ValidatingAdmissionPolicyBinding` manifests are read by [`vap`] into the same compiled form.
 
+pub(crate) mod lazy;
 pub mod library;
 pub mod value;
 pub mod vap;
@@ -232,6 +233,9 @@ pub struct Activation<'a> {
     object_val: OnceLock<Result<Owned, String>>,
     old_object_val: OnceLock<Result<Owned, String>>,
     request_val: OnceLock<Owned>,
+    /// Set when the text is known to be valid JSON (the review decoder checked it), with
+    /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
+    checked: Option<usize>,
 }
 
 impl<'a> Activation<'a> {
@@ -248,20 +252,39 @@ impl<'a> Activation<'a> {
             object_val: OnceLock::new(),
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
+            checked: None,
         }
     }
 
-    fn decode(raw: Option<&[u8]>) -> Result<Owned, String> {
-        match raw {
-            None => Ok(Box::new(CelNull)),
-            Some(bytes) => {
-                value::from_json(bytes).map_err(|e| format!("the object is not valid JSON: {e}"))
+    /// [`Activation::new`] for objects of a decoded review (whose body was checked to be
+    /// JSON), evaluated by policy `user`: the conversion is shared with the review's other CEL
+    /// policies.
+    pub(crate) fn of_checked(
+        attrs: &'a Attributes,
+        object: Option<&'a [u8]>,
+        old_object: Option<&'a [u8]>,
+        user: usize,
+    ) -> Self {
+        Activation {
+            checked: Some(user),
+            ..Activation::new(attrs, object, old_object)
+        }
+    }
+
+    fn decode(&self, raw: Option<&[u8]>) -> Result<Owned, String> {
+        match (raw, self.checked) {
+            (None, _) => Ok(Box::new(CelNull)),
+            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user),
+            (Some(bytes), None) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                    .map_err(|e| format!("the object is not valid JSON: {e}"))?;
+                lazy::root(bytes)
             }
         }
     }
 
     fn object(&self) -> Result<&dyn Val, String> {
-        match self.object_val.get_or_init(|| Self::decode(self.object)) {
+        match self.object_val.get_or_init(|| self.decode(self.object)) {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
         }
@@ -270,7 +293,7 @@ impl<'a> Activation<'a> {
     fn old_object(&self) -> Result<&dyn Val, String> {
         match self
             .old_object_val
-            .get_or_init(|| Self::decode(self.old_object))
+            .get_or_init(|| self.decode(self.old_object))
         {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
@@ -1016,6 +1039,12 @@ impl Variables<'_, '_> {
                 if let Some(m) = v.downcast_ref::<value::SharedMap>() {
                     return Ok(Box::new(m.clone()) as Owned);
                 }
+                if let Some(l) = v.downcast_ref::<lazy::LazyList>() {
+                    return Ok(Box::new(l.clone()) as Owned);
+                }
+                if let Some(m) = v.downcast_ref::<lazy::LazyMap>() {
+                    return Ok(Box::new(m.clone()) as Owned);
+                }
                 let v = Value::try_from(v).map_err(|e| e.to_string())?;
                 let boxed: Owned = v
                     .try_into()
@@ -1128,14 +1157,16 @@ impl Attributes {
 }
 
 /// Runs `f` on the review's attributes and activation (objects decoded on first use).
+/// `user` identifies the policy (see [`Activation::of_checked`]).
 pub(crate) fn with_activation<T>(
     review: &crate::admission::Review<'_>,
+    user: usize,
     f: impl FnOnce(&Attributes, &Activation<'_>) -> T,
 ) -> T {
     let attrs = Attributes::of(review);
     let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
     let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
-    let act = Activation::new(&attrs, object, old_object);
+    let act = Activation::of_checked(&attrs, object, old_object, user);
     f(&attrs, &act)
 }
 
@@ -1151,7 +1182,10 @@ pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
 
 impl crate::policy::Check for CelPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
-        let verdict = with_activation(ctx.review, |_, act| CelPolicy::evaluate(self, act).verdict);
+        let user = Arc::as_ptr(&self.inner) as usize;
+        let verdict = with_activation(ctx.review, user, |_, act| {
+            CelPolicy::evaluate(self, act).verdict
+        });
         crate::policy::Eval::Done(outcome(verdict))
     }
 }

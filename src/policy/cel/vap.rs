@@ -566,7 +566,8 @@ fn params_for(
 
 impl crate::policy::Check for VapPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
-        let verdict = super::with_activation(ctx.review, |attrs, act| {
+        let user = self as *const Self as usize;
+        let verdict = super::with_activation(ctx.review, user, |attrs, act| {
             if self.matches(attrs, act) {
                 VapPolicy::evaluate(self, act).verdict
             } else {
