@@ -236,6 +236,7 @@ pub struct Activation<'a> {
     /// Set when the text is known to be valid JSON (the review decoder checked it), with
     /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
     checked: Option<usize>,
+    hints: [Vec<lazy::Hint>; 2],
 }
 
 impl<'a> Activation<'a> {
@@ -253,6 +254,7 @@ impl<'a> Activation<'a> {
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
             checked: None,
+            hints: Default::default(),
         }
     }
 
@@ -264,17 +266,21 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
+        hints: [Vec<lazy::Hint>; 2],
     ) -> Self {
         Activation {
             checked: Some(user),
+            hints,
             ..Activation::new(attrs, object, old_object)
         }
     }
 
-    fn decode(&self, raw: Option<&[u8]>) -> Result<Owned, String> {
+    fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
-            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user),
+            (Some(bytes), Some(user)) => {
+                lazy::shared_root(bytes, user, self.hints[usize::from(old)].clone())
+            }
             (Some(bytes), None) => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                     .map_err(|e| format!("the object is not valid JSON: {e}"))?;
@@ -284,7 +290,10 @@ impl<'a> Activation<'a> {
     }
 
     fn object(&self) -> Result<&dyn Val, String> {
-        match self.object_val.get_or_init(|| self.decode(self.object)) {
+        match self
+            .object_val
+            .get_or_init(|| self.decode(self.object, false))
+        {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
         }
@@ -293,7 +302,7 @@ impl<'a> Activation<'a> {
     fn old_object(&self) -> Result<&dyn Val, String> {
         match self
             .old_object_val
-            .get_or_init(|| self.decode(self.old_object))
+            .get_or_init(|| self.decode(self.old_object, true))
         {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
@@ -1166,8 +1175,75 @@ pub(crate) fn with_activation<T>(
     let attrs = Attributes::of(review);
     let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
     let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
-    let act = Activation::of_checked(&attrs, object, old_object, user);
+    let hints = [
+        review.object.as_ref().map(hints).unwrap_or_default(),
+        review.old_object.as_ref().map(hints).unwrap_or_default(),
+    ];
+    let act = Activation::of_checked(&attrs, object, old_object, user, hints);
     f(&attrs, &act)
+}
+
+/// Where the decoder found the object's parts, as offsets into its text.
+fn hints(o: &crate::admission::Object<'_>) -> Vec<lazy::Hint> {
+    let base = o.raw.text();
+    let at = |key: &'static str, part: Option<crate::admission::Raw<'_>>, children| {
+        let text = part?.text();
+        let start = (text.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
+        let end = start + text.len();
+        (end <= base.len()).then_some(lazy::Hint {
+            key,
+            start,
+            end,
+            children,
+        })
+    };
+    let spec = at(
+        "spec",
+        o.spec,
+        [
+            at("replicas", o.replicas, Vec::new()),
+            at("template", o.spec_template, Vec::new()),
+            at("jobTemplate", o.job_template, Vec::new()),
+            at("containers", o.spec_containers, Vec::new()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    let metadata = at(
+        "metadata",
+        o.metadata,
+        [
+            at("labels", o.labels, Vec::new()),
+            at("annotations", o.annotations, Vec::new()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    [spec, metadata, at("template", o.template, Vec::new())]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Hands a policy's audit annotations to the decision, keyed `<policy name>/<key>` as the
+/// API server keys a ValidatingAdmissionPolicy's.
+pub(crate) fn annotate(
+    ctx: &crate::policy::EvalCtx<'_, '_>,
+    policy: &str,
+    annotations: Vec<(String, String)>,
+) {
+    if annotations.is_empty() {
+        return;
+    }
+    if let Ok(mut out) = ctx.audit_annotations.lock() {
+        out.extend(
+            annotations
+                .into_iter()
+                .map(|(key, value)| (format!("{policy}/{key}"), value)),
+        );
+    }
 }
 
 /// A verdict as a policy outcome: an error under `failurePolicy: Fail` denies, like a
@@ -1183,10 +1259,9 @@ pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
 impl crate::policy::Check for CelPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
         let user = Arc::as_ptr(&self.inner) as usize;
-        let verdict = with_activation(ctx.review, user, |_, act| {
-            CelPolicy::evaluate(self, act).verdict
-        });
-        crate::policy::Eval::Done(outcome(verdict))
+        let e = with_activation(ctx.review, user, |_, act| CelPolicy::evaluate(self, act));
+        annotate(ctx, ctx.policy, e.audit_annotations);
+        crate::policy::Eval::Done(outcome(e.verdict))
     }
 }
 
@@ -1635,6 +1710,42 @@ auditAnnotations:
         assert!(
             matches!(verdict(&p, &object), Verdict::Error(m) if m.contains("cost limit exceeded"))
         );
+    }
+
+    /// Through a decoded review (the decoder's hints, the shared conversion) expressions see
+    /// what they see on the plain activation, duplicate keys and escapes included.
+    #[rstest]
+    #[case(r#"{"spec":{"replicas":1},"spec":{"replicas":3,"template":{"spec":{"containers":[{"name":"a"}]}}},"metadata":{"name":"web","labels":{"app":"web"}}}"#)]
+    #[case(r#"{"metadata":null,"sp\u0065c":{"replicas":3,"replicas":4},"spec":{"replicas":5,"template":null}}"#)]
+    #[case(
+        r#"{"metadata":{"labels":{"app":"x"}},"metadata":{"name":"web"},"spec":{"replicas":"3"}}"#
+    )]
+    fn decoded_reviews_see_what_the_plain_activation_sees(#[case] object: &str) {
+        let body = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"resource":{{"group":"apps","version":"v1","resource":"deployments"}},"operation":"CREATE","userInfo":{{}},"object":{object}}}}}"#
+        );
+        let review = crate::admission::decode(body.as_bytes()).expect("review");
+        for expr in [
+            "object.spec.replicas == 3",
+            "object.spec.replicas == 5",
+            "has(object.spec.template) && object.spec.template.spec.containers[0].name == 'a'",
+            "object.metadata.name == 'web'",
+            "has(object.metadata.labels)",
+            "object.metadata == null",
+            "size(object) == 2",
+            "object.spec == {'replicas': 3, 'template': null}",
+        ] {
+            let p = policy(&format!(
+                "validations:\n- expression: {}\n  message: no\n",
+                serde_json::to_string(expr).unwrap()
+            ))
+            .unwrap();
+            let plain = verdict(&p, object);
+            for user in [1, 2, 1] {
+                let through = with_activation(&review, user, |_, act| p.evaluate(act).verdict);
+                assert_eq!(through, plain, "{expr} on {object}");
+            }
+        }
     }
 
     #[test]

@@ -36,17 +36,42 @@ const HASHED: usize = 12;
 /// The JSON text value `bytes` as a CEL value, lazily converted. `bytes` must be one JSON
 /// value (surrounding whitespace allowed).
 pub(crate) fn root(bytes: &[u8]) -> Result<Owned, String> {
-    root_of(bytes).map(|(_, v)| v)
+    root_of(bytes, Vec::new(), false).map(|(_, v)| v)
 }
 
-fn root_of(bytes: &[u8]) -> Result<(Arc<[u8]>, Owned), String> {
+/// Where a member of a map is, known before the map is scanned: the review decoder finds
+/// `metadata`, `spec`, `spec.replicas` and the pod template in its one pass, and a field
+/// access that reaches one of them needs no scan at all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hint {
+    /// The member's key.
+    pub(crate) key: &'static str,
+    /// Its value's range in the document.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    /// Hints for the members of its value.
+    pub(crate) children: Vec<Hint>,
+}
+
+/// `checked`: the text is known to be one JSON value (no scan for its end).
+fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<[u8]>, Owned), String> {
     let doc: Arc<[u8]> = Arc::from(bytes);
     let start = ws(&doc, 0);
-    let end = value_end(&doc, start).ok_or_else(malformed)?;
-    if ws(&doc, end) != doc.len() {
-        return Err(malformed());
-    }
-    let value = convert(&doc, start, end).ok_or_else(malformed)?;
+    let end = if checked {
+        doc.len()
+            - doc
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count()
+    } else {
+        let end = value_end(&doc, start).ok_or_else(malformed)?;
+        if ws(&doc, end) != doc.len() {
+            return Err(malformed());
+        }
+        end
+    };
+    let value = convert(&doc, start, end, hints).ok_or_else(malformed)?;
     Ok((doc, value))
 }
 
@@ -61,6 +86,17 @@ fn scan_error() -> ExecutionError {
 // ---------------------------------------------------------------------------------------------
 // Scanning validated JSON text
 // ---------------------------------------------------------------------------------------------
+
+/// The bytes a skip stops at: quotes and brackets.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
 
 fn ws(b: &[u8], mut i: usize) -> usize {
     while let Some(c) = b.get(i) {
@@ -95,20 +131,24 @@ fn value_end(b: &[u8], i: usize) -> Option<usize> {
             let mut depth = 0usize;
             let mut j = i;
             loop {
+                // Runs of anything but quotes and brackets (keys' colons, numbers, the
+                // indentation of pretty-printed text) in a tight loop.
+                while j < b.len() && !STRUCTURAL[b[j] as usize] {
+                    j += 1;
+                }
                 match *b.get(j)? {
                     b'"' => j = string_end(b, j)?.0,
                     b'{' | b'[' => {
                         depth += 1;
                         j += 1;
                     }
-                    b'}' | b']' => {
+                    _ => {
                         depth = depth.checked_sub(1)?;
                         j += 1;
                         if depth == 0 {
                             return Some(j);
                         }
                     }
-                    _ => j += 1,
                 }
             }
         }
@@ -131,13 +171,18 @@ fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
 
 /// The CEL value of the JSON value `doc[start..end]`, as the API server converts unstructured
 /// objects: integers as `int`, other numbers as `double`, objects and arrays lazily.
-fn convert(doc: &Arc<[u8]>, start: usize, end: usize) -> Option<Owned> {
+fn convert(doc: &Arc<[u8]>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
     let b: &[u8] = doc;
     Some(match *b.get(start)? {
         b'{' => Box::new(LazyMap(Arc::new(MapNode {
             doc: Arc::clone(doc),
             start,
             end,
+            hinted: hints
+                .into_iter()
+                .filter(|h| h.start < h.end && h.end <= end && h.start > start)
+                .map(|h| (h, OnceLock::new()))
+                .collect(),
             index: OnceLock::new(),
             built: OnceLock::new(),
         }))),
@@ -209,6 +254,7 @@ struct MapNode {
     doc: Arc<[u8]>,
     start: usize,
     end: usize,
+    hinted: Vec<(Hint, OnceLock<Option<Owned>>)>,
     index: OnceLock<Option<MapIndex>>,
     built: OnceLock<CelMap<'static>>,
 }
@@ -335,7 +381,7 @@ impl MapNode {
 
     fn value<'s>(&'s self, e: &'s Entry) -> Option<&'s (dyn Val + 'static)> {
         e.value
-            .get_or_init(|| convert(&self.doc, e.start, e.end))
+            .get_or_init(|| convert(&self.doc, e.start, e.end, Vec::new()))
             .as_deref()
     }
 
@@ -377,6 +423,13 @@ impl Indexer for LazyMap {
         let Some(key) = as_key(idx) else {
             return Indexer::get(self.0.built(), idx);
         };
+        if let Some((h, v)) = self.0.hinted.iter().find(|(h, _)| h.key == key) {
+            return v
+                .get_or_init(|| convert(&self.0.doc, h.start, h.end, h.children.clone()))
+                .as_deref()
+                .map(CowVal::Borrowed)
+                .ok_or_else(scan_error);
+        }
         match self.0.find(key) {
             None => Err(ExecutionError::no_such_key(key)),
             Some(Err(())) => Err(scan_error()),
@@ -559,7 +612,7 @@ impl ListNode {
         if *b.get(i)? != b']' {
             loop {
                 let end = value_end(b, i)?;
-                items.push(convert(&self.doc, i, end)?);
+                items.push(convert(&self.doc, i, end, Vec::new())?);
                 i = ws(b, end);
                 match *b.get(i)? {
                     b',' => i = ws(b, i + 1),
@@ -737,7 +790,7 @@ thread_local! {
 /// review once) and starts afresh, so nothing carries over from one review to the next
 /// but what a later policy of the same review reuses; the bytes are compared, so a reuse
 /// is always of the same text.
-pub(crate) fn shared_root(bytes: &[u8], user: usize) -> Result<Owned, String> {
+pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result<Owned, String> {
     SCRATCH.with(|scratch| {
         let mut slots = scratch.borrow_mut();
         if let Some(slot) = slots.iter_mut().find(|s| *s.doc == *bytes)
@@ -746,7 +799,7 @@ pub(crate) fn shared_root(bytes: &[u8], user: usize) -> Result<Owned, String> {
             slot.users.push(user);
             return Ok(slot.root.clone_as_boxed());
         }
-        let (doc, root) = root_of(bytes)?;
+        let (doc, root) = root_of(bytes, hints, true)?;
         slots.retain(|s| *s.doc != *bytes);
         if slots.len() >= SLOTS {
             slots.remove(0);
@@ -861,13 +914,7 @@ mod tests {
 
     #[test]
     fn text_that_does_not_scan_is_an_error() {
-        for bad in [
-            &b"{\"a\": "[..],
-            b"[1, 2",
-            b"\"open",
-            b"",
-            b"{} x",
-        ] {
+        for bad in [&b"{\"a\": "[..], b"[1, 2", b"\"open", b"", b"{} x"] {
             assert!(root(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         // Nested damage shows when the part is reached, as an error.
@@ -881,17 +928,17 @@ mod tests {
     #[test]
     fn a_review_s_policies_share_the_conversion_and_a_new_review_starts_afresh() {
         let text = br#"{"spec": {"replicas": 3}}"#;
-        let first = shared_root(text, 1).unwrap();
-        let second = shared_root(text, 2).unwrap();
+        let first = shared_root(text, 1, Vec::new()).unwrap();
+        let second = shared_root(text, 2, Vec::new()).unwrap();
         let (a, b) = (
             first.downcast_ref::<LazyMap>().unwrap(),
             second.downcast_ref::<LazyMap>().unwrap(),
         );
         assert!(Arc::ptr_eq(&a.0, &b.0), "policy 2 of the review reuses it");
-        let again = shared_root(text, 1).unwrap();
+        let again = shared_root(text, 1, Vec::new()).unwrap();
         let c = again.downcast_ref::<LazyMap>().unwrap();
         assert!(!Arc::ptr_eq(&a.0, &c.0), "policy 1 again: a new review");
-        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2).unwrap();
+        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new()).unwrap();
         assert_eq!(
             value(&*get(&*get(other.as_ref(), "spec").unwrap(), "replicas").unwrap()),
             ::cel::Value::Int(4)
