@@ -371,13 +371,12 @@ pub fn parse_file_with(
     Ok((policies, rules))
 }
 
+/// A file's policies, notification rules and Kubernetes objects.
+type FileParts = (Vec<Policy>, Vec<NotifyRule>, Vec<serde_yaml::Value>);
+
 /// [`parse_file_with`], the file's Kubernetes objects (VAPs, bindings, params) returned
 /// unbound, so a directory's files can be bound as one set.
-fn parse_file_parts(
-    text: &str,
-    source: &str,
-    ctx: &LoadContext,
-) -> Result<(Vec<Policy>, Vec<NotifyRule>, Vec<serde_yaml::Value>), LoadError> {
+fn parse_file_parts(text: &str, source: &str, ctx: &LoadContext) -> Result<FileParts, LoadError> {
     // A file may hold several YAML documents (`---`): Gatehouse policy documents and
     // Kubernetes objects (ValidatingAdmissionPolicies, their bindings, their params).
     let mut roots = Vec::new();

@@ -964,6 +964,9 @@ impl Scope<'_, '_, '_> {
 
 impl VariableResolver for Scope<'_, '_, '_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some((root, path)) = variable.split_once('.') {
+            return self.resolve_path(root, path);
+        }
         if !value::charge(1) {
             return None;
         }
@@ -975,6 +978,36 @@ impl VariableResolver for Scope<'_, '_, '_> {
             "variables" => Some(CowVal::Borrowed(self.vars)),
             _ => None,
         }
+    }
+}
+
+impl Scope<'_, '_, '_> {
+    /// A qualified name (`object.spec.replicas`), which the interpreter asks for before its
+    /// prefixes: walked field by field with the values' own indexers, so a lazy object is
+    /// reached without building the maps on the way. `None` when a step is not a map or
+    /// lacks the field: the interpreter then selects step by step and reports the error.
+    fn resolve_path<'b>(&'b self, root: &str, path: &str) -> Option<CowVal<'b, 'b>> {
+        let mut value: &'b dyn Val = match root {
+            "object" => self.act.object().ok()?,
+            "oldObject" => self.act.old_object().ok()?,
+            "request" => self.act.request(),
+            "params" => self.params,
+            _ => return None,
+        };
+        let mut fields = path.split('.').peekable();
+        while let Some(field) = fields.next() {
+            if !value::charge(1) {
+                return None;
+            }
+            let key = CelString::from(field);
+            match value.as_indexer()?.get(&key).ok()? {
+                CowVal::Borrowed(v) => value = v,
+                owned @ CowVal::Owned(_) => {
+                    return fields.peek().is_none().then_some(owned);
+                }
+            }
+        }
+        Some(CowVal::Borrowed(value))
     }
 }
 

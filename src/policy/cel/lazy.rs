@@ -349,13 +349,9 @@ impl MapNode {
         } else {
             let n = index.entries.len();
             let mut keep = vec![true; n];
-            for a in 0..n {
-                for c in a + 1..n {
-                    if self.key(&index.entries[a]) == self.key(&index.entries[c]) {
-                        keep[a] = false;
-                        break;
-                    }
-                }
+            for (a, kept) in keep.iter_mut().enumerate() {
+                let key = self.key(&index.entries[a]);
+                *kept = !index.entries[a + 1..].iter().any(|e| self.key(e) == key);
             }
             if keep.iter().any(|k| !k) {
                 let mut n = 0;
