@@ -963,6 +963,9 @@ pub fn respond(req: &Review<'_>, decision: &Decision) -> AdmissionReview<Dynamic
         resp.audit_annotations
             .insert(f.policy.clone(), f.message.clone());
     }
+    for (key, value) in &decision.audit_annotations {
+        resp.audit_annotations.insert(key.clone(), value.clone());
+    }
     resp.into_review()
 }
 
@@ -980,6 +983,12 @@ pub fn answer(req: &Review<'_>, decision: &Decision) -> Vec<u8> {
         .chain(&decision.warnings)
         .chain(&decision.audits)
         .map(|f| f.message.len() + f.policy.len() + 8)
+        .chain(
+            decision
+                .audit_annotations
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8),
+        )
         .sum();
     let mut out = Vec::with_capacity(160 + req.uid.len() + extra);
     out.extend_from_slice(b"{\"apiVersion\":");
@@ -999,22 +1008,34 @@ pub fn answer(req: &Review<'_>, decision: &Decision) -> Vec<u8> {
         }
         out.extend_from_slice(b",\"reason\":\"Forbidden\"}");
     }
-    let audits = &decision.audits;
+    // Audit findings by policy name, then CEL policies' audit annotations by
+    // `<policy>/<key>`.
+    let audits: Vec<(&str, &str)> = decision
+        .audits
+        .iter()
+        .map(|f| (f.policy.as_str(), f.message.as_str()))
+        .chain(
+            decision
+                .audit_annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .collect();
     if !audits.is_empty() {
         out.extend_from_slice(b",\"auditAnnotations\":{");
         let mut first = true;
-        for (i, f) in audits.iter().enumerate() {
+        for (i, (key, value)) in audits.iter().enumerate() {
             // One entry per key, the last one written winning (as in kube's map).
-            if audits[i + 1..].iter().any(|later| later.policy == f.policy) {
+            if audits[i + 1..].iter().any(|later| later.0 == *key) {
                 continue;
             }
             if !first {
                 out.push(b',');
             }
             first = false;
-            string(&mut out, &f.policy);
+            string(&mut out, key);
             out.push(b':');
-            string(&mut out, &f.message);
+            string(&mut out, value);
         }
         out.push(b'}');
     }

@@ -152,6 +152,9 @@ pub struct EvalCtx<'r, 'a> {
     /// For kinds that [`Check::consumes`]: true while no other policy has denied the request,
     /// so admitting it will happen and the side effect may take place.
     pub may_consume: bool,
+    /// Audit annotations the policy adds to the answer (`cel` and VAP `auditAnnotations`),
+    /// keyed `<policy name>/<key>`; they go into [`Decision::audit_annotations`].
+    pub audit_annotations: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// A policy kind's check: the one interface every kind implements (see the module docs).
@@ -360,6 +363,20 @@ pub fn parse_file_with(
     source: &str,
     ctx: &LoadContext,
 ) -> Result<(Vec<Policy>, Vec<NotifyRule>), LoadError> {
+    let (mut policies, rules, kubernetes) = parse_file_parts(text, source, ctx)?;
+    if !kubernetes.is_empty() {
+        policies
+            .extend(cel::vap::policies(kubernetes, source).map_err(|m| LoadError::new(source, m))?);
+    }
+    Ok((policies, rules))
+}
+
+/// A file's policies, notification rules and Kubernetes objects.
+type FileParts = (Vec<Policy>, Vec<NotifyRule>, Vec<serde_yaml::Value>);
+
+/// [`parse_file_with`], the file's Kubernetes objects (VAPs, bindings, params) returned
+/// unbound, so a directory's files can be bound as one set.
+fn parse_file_parts(text: &str, source: &str, ctx: &LoadContext) -> Result<FileParts, LoadError> {
     // A file may hold several YAML documents (`---`): Gatehouse policy documents and
     // Kubernetes objects (ValidatingAdmissionPolicies, their bindings, their params).
     let mut roots = Vec::new();
@@ -429,11 +446,8 @@ pub fn parse_file_with(
             judge_cleanup: raw.judge_cleanup,
         });
     }
-    if !kubernetes.is_empty() {
-        out.extend(cel::vap::policies(kubernetes, source).map_err(|m| LoadError::new(source, m))?);
-    }
     let rules = crate::notify::rule::parse_rules(notifications, source)?;
-    Ok((out, rules))
+    Ok((out, rules, kubernetes))
 }
 
 /// How an item of a policy file's list is named in errors: `policy "min-replicas"`, or
@@ -539,13 +553,21 @@ pub fn load_all_with(
     };
     let mut all: Vec<Policy> = Vec::new();
     let mut rules: Vec<NotifyRule> = Vec::new();
+    let mut kubernetes = Vec::new();
     for file in policy_files(path)? {
         let shown = file.display().to_string();
         let text = std::fs::read_to_string(&file)
             .map_err(|e| LoadError::new(&shown, format!("cannot read: {e}")))?;
-        let (p, r) = parse_file_with(&text, &shown, ctx)?;
+        let (p, r, k) = parse_file_parts(&text, &shown, ctx)?;
         all.extend(p);
         rules.extend(r);
+        if !k.is_empty() {
+            kubernetes.push((shown, k));
+        }
+    }
+    // A directory's VAPs, bindings and params are bound as one set, across its files.
+    if !kubernetes.is_empty() {
+        all.extend(cel::vap::policies_in_files(kubernetes)?);
     }
     Ok((all, rules))
 }
@@ -586,6 +608,9 @@ pub struct Decision {
     /// Set for an UPDATE found to be cleanup (see [`cleanup`]; worked out only when a
     /// matching policy needed to know): only policies with `judgeCleanup: true` judged it.
     pub cleanup: Option<cleanup::Cleanup>,
+    /// Audit annotations from CEL policies' `auditAnnotations`, `(<policy name>/<key>, value)`
+    /// in the order the policies ran; the answer's `response.auditAnnotations`.
+    pub audit_annotations: Vec<(String, String)>,
 }
 
 impl Decision {
@@ -733,8 +758,13 @@ impl PolicySet {
                 review: req,
                 opts,
                 may_consume: decision.denials.is_empty(),
+                audit_annotations: Default::default(),
             };
-            match policy.kind.check.evaluate(&ctx).outcome().await {
+            let outcome = policy.kind.check.evaluate(&ctx).outcome().await;
+            if let Ok(mut annotations) = ctx.audit_annotations.lock() {
+                decision.audit_annotations.append(&mut annotations);
+            }
+            match outcome {
                 Outcome::Pass => {}
                 Outcome::Skipped(message) => decision.skipped.push(finding(message)),
                 Outcome::Warning(message) => decision.warnings.push(finding(message)),

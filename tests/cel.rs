@@ -243,3 +243,121 @@ notifications:
         "Gatehouse: DENIED create of Deployment app-ns/alpine-deploy by kubernetes-admin\nreplicas 2; image alpine:3.9.1\nReason: at least 3 replicas are required, got 2"
     );
 }
+
+/// `auditAnnotations` of a `cel` policy and of a ValidatingAdmissionPolicy reach the answer's
+/// `response.auditAnnotations`, keyed `<policy name>/<key>` as the API server keys them; a
+/// null value adds none.
+#[tokio::test]
+async fn audit_annotations_reach_the_answer() {
+    let policies = r#"
+policies:
+  - name: replica-audit
+    kind: cel
+    match: {resources: [apps/deployments]}
+    params:
+      validations:
+        - expression: "true"
+      auditAnnotations:
+        - key: high-replica-count
+          valueExpression: "object.spec.replicas > 3 ? 'spec.replicas set to ' + string(object.spec.replicas) : null"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: demo-policy.example.com
+spec:
+  matchConstraints:
+    resourceRules:
+      - apiGroups: ["apps"]
+        apiVersions: ["v1"]
+        operations: ["CREATE", "UPDATE"]
+        resources: ["deployments"]
+  validations:
+    - expression: "object.spec.replicas < 10"
+  auditAnnotations:
+    - key: team
+      valueExpression: "'team ' + object.metadata.labels['team']"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: demo-binding
+spec:
+  policyName: demo-policy.example.com
+  validationActions: [Deny]
+"#;
+    let server = TestServer::start_with(Some(policies), |_| {}).await;
+    let (status, body) = server
+        .post(review(deployment(5, "shop:1.4", "payments", "1Gi")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"]["allowed"], true, "{body}");
+    assert_eq!(
+        body["response"]["auditAnnotations"],
+        json!({
+            "replica-audit/high-replica-count": "spec.replicas set to 5",
+            "demo-policy.example.com/team": "team payments",
+        }),
+        "{body}"
+    );
+
+    // Three replicas: the cel policy's value is null, the VAP's still there; a denied
+    // request carries its annotations too.
+    let (_, body) = server
+        .post(review(deployment(3, "shop:1.4", "web", "1Gi")))
+        .await;
+    assert_eq!(
+        body["response"]["auditAnnotations"],
+        json!({"demo-policy.example.com/team": "team web"}),
+        "{body}"
+    );
+    let (_, body) = server
+        .post(review(deployment(12, "shop:1.4", "web", "1Gi")))
+        .await;
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    assert_eq!(
+        body["response"]["auditAnnotations"]["replica-audit/high-replica-count"],
+        "spec.replicas set to 12",
+        "{body}"
+    );
+}
+
+/// A policy directory's files are one set: a binding in one file binds a VAP (and params) of
+/// another, and a binding whose policy is in no file is refused naming its file.
+#[tokio::test]
+async fn vap_and_binding_bind_across_the_files_of_a_directory() {
+    let manifests =
+        std::fs::read_to_string(common::repo().join("policies/examples/vap/replicas.yaml"))
+            .unwrap();
+    let (policy, binding) = manifests.split_once("\n---\n").expect("two documents");
+    assert!(binding.contains("kind: ValidatingAdmissionPolicyBinding"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a-binding.yaml"), binding).unwrap();
+    std::fs::write(dir.path().join("b-policy.yaml"), policy).unwrap();
+
+    let path = dir.path().to_path_buf();
+    let server = TestServer::start_with(None, move |c| c.policies = Some(path)).await;
+    let (allowed, message, _) = judge(&server, deployment(2, "shop:1.4", "payments", "1Gi")).await;
+    assert!(!allowed);
+    assert!(
+        message.contains("ValidatingAdmissionPolicy 'min-replicas.gatehouse.example.com' with binding 'min-replicas-binding' denied request: at least 3 replicas are required, got 2"),
+        "{message}"
+    );
+    let (allowed, message, _) = judge(&server, deployment(3, "shop:1.4", "payments", "1Gi")).await;
+    assert!(allowed, "{message}");
+
+    // Without the policy's file the binding names nothing: refused, naming the binding's file.
+    std::fs::remove_file(dir.path().join("b-policy.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("c-other.yaml"),
+        "policies:\n  - name: min-replicas\n    kind: replicas\n    match: {resources: [apps/deployments]}\n    params: {min: 2}\n",
+    )
+    .unwrap();
+    let err = gatehouse::policy::load_policies(Some(dir.path())).unwrap_err();
+    assert!(err.file.ends_with("a-binding.yaml"), "{}", err.file);
+    assert!(
+        err.message.contains("ValidatingAdmissionPolicyBinding 'min-replicas-binding': spec.policyName: no ValidatingAdmissionPolicy 'min-replicas.gatehouse.example.com' in the policy files"),
+        "{}",
+        err.message
+    );
+}

@@ -12,6 +12,7 @@
 //! matches, once per review. Native `ValidatingAdmissionPolicy` and
 //! `ValidatingAdmissionPolicyBinding` manifests are read by [`vap`] into the same compiled form.
 
+pub(crate) mod lazy;
 pub mod library;
 pub mod value;
 pub mod vap;
@@ -232,6 +233,10 @@ pub struct Activation<'a> {
     object_val: OnceLock<Result<Owned, String>>,
     old_object_val: OnceLock<Result<Owned, String>>,
     request_val: OnceLock<Owned>,
+    /// Set when the text is known to be valid JSON (the review decoder checked it), with
+    /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
+    checked: Option<usize>,
+    hints: [Vec<lazy::Hint>; 2],
 }
 
 impl<'a> Activation<'a> {
@@ -248,20 +253,47 @@ impl<'a> Activation<'a> {
             object_val: OnceLock::new(),
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
+            checked: None,
+            hints: Default::default(),
         }
     }
 
-    fn decode(raw: Option<&[u8]>) -> Result<Owned, String> {
-        match raw {
-            None => Ok(Box::new(CelNull)),
-            Some(bytes) => {
-                value::from_json(bytes).map_err(|e| format!("the object is not valid JSON: {e}"))
+    /// [`Activation::new`] for objects of a decoded review (whose body was checked to be
+    /// JSON), evaluated by policy `user`: the conversion is shared with the review's other CEL
+    /// policies.
+    pub(crate) fn of_checked(
+        attrs: &'a Attributes,
+        object: Option<&'a [u8]>,
+        old_object: Option<&'a [u8]>,
+        user: usize,
+        hints: [Vec<lazy::Hint>; 2],
+    ) -> Self {
+        Activation {
+            checked: Some(user),
+            hints,
+            ..Activation::new(attrs, object, old_object)
+        }
+    }
+
+    fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
+        match (raw, self.checked) {
+            (None, _) => Ok(Box::new(CelNull)),
+            (Some(bytes), Some(user)) => {
+                lazy::shared_root(bytes, user, self.hints[usize::from(old)].clone())
+            }
+            (Some(bytes), None) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                    .map_err(|e| format!("the object is not valid JSON: {e}"))?;
+                lazy::root(bytes)
             }
         }
     }
 
     fn object(&self) -> Result<&dyn Val, String> {
-        match self.object_val.get_or_init(|| Self::decode(self.object)) {
+        match self
+            .object_val
+            .get_or_init(|| self.decode(self.object, false))
+        {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
         }
@@ -270,7 +302,7 @@ impl<'a> Activation<'a> {
     fn old_object(&self) -> Result<&dyn Val, String> {
         match self
             .old_object_val
-            .get_or_init(|| Self::decode(self.old_object))
+            .get_or_init(|| self.decode(self.old_object, true))
         {
             Ok(v) => Ok(v.as_ref()),
             Err(e) => Err(e.clone()),
@@ -932,6 +964,9 @@ impl Scope<'_, '_, '_> {
 
 impl VariableResolver for Scope<'_, '_, '_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some((root, path)) = variable.split_once('.') {
+            return self.resolve_path(root, path);
+        }
         if !value::charge(1) {
             return None;
         }
@@ -943,6 +978,36 @@ impl VariableResolver for Scope<'_, '_, '_> {
             "variables" => Some(CowVal::Borrowed(self.vars)),
             _ => None,
         }
+    }
+}
+
+impl Scope<'_, '_, '_> {
+    /// A qualified name (`object.spec.replicas`), which the interpreter asks for before its
+    /// prefixes: walked field by field with the values' own indexers, so a lazy object is
+    /// reached without building the maps on the way. `None` when a step is not a map or
+    /// lacks the field: the interpreter then selects step by step and reports the error.
+    fn resolve_path<'b>(&'b self, root: &str, path: &str) -> Option<CowVal<'b, 'b>> {
+        let mut value: &'b dyn Val = match root {
+            "object" => self.act.object().ok()?,
+            "oldObject" => self.act.old_object().ok()?,
+            "request" => self.act.request(),
+            "params" => self.params,
+            _ => return None,
+        };
+        let mut fields = path.split('.').peekable();
+        while let Some(field) = fields.next() {
+            if !value::charge(1) {
+                return None;
+            }
+            let key = CelString::from(field);
+            match value.as_indexer()?.get(&key).ok()? {
+                CowVal::Borrowed(v) => value = v,
+                owned @ CowVal::Owned(_) => {
+                    return fields.peek().is_none().then_some(owned);
+                }
+            }
+        }
+        Some(CowVal::Borrowed(value))
     }
 }
 
@@ -1014,6 +1079,12 @@ impl Variables<'_, '_> {
                     return Ok(Box::new(l.clone()) as Owned);
                 }
                 if let Some(m) = v.downcast_ref::<value::SharedMap>() {
+                    return Ok(Box::new(m.clone()) as Owned);
+                }
+                if let Some(l) = v.downcast_ref::<lazy::LazyList>() {
+                    return Ok(Box::new(l.clone()) as Owned);
+                }
+                if let Some(m) = v.downcast_ref::<lazy::LazyMap>() {
                     return Ok(Box::new(m.clone()) as Owned);
                 }
                 let v = Value::try_from(v).map_err(|e| e.to_string())?;
@@ -1128,15 +1199,84 @@ impl Attributes {
 }
 
 /// Runs `f` on the review's attributes and activation (objects decoded on first use).
+/// `user` identifies the policy (see [`Activation::of_checked`]).
 pub(crate) fn with_activation<T>(
     review: &crate::admission::Review<'_>,
+    user: usize,
     f: impl FnOnce(&Attributes, &Activation<'_>) -> T,
 ) -> T {
     let attrs = Attributes::of(review);
     let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
     let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
-    let act = Activation::new(&attrs, object, old_object);
+    let hints = [
+        review.object.as_ref().map(hints).unwrap_or_default(),
+        review.old_object.as_ref().map(hints).unwrap_or_default(),
+    ];
+    let act = Activation::of_checked(&attrs, object, old_object, user, hints);
     f(&attrs, &act)
+}
+
+/// Where the decoder found the object's parts, as offsets into its text.
+fn hints(o: &crate::admission::Object<'_>) -> Vec<lazy::Hint> {
+    let base = o.raw.text();
+    let at = |key: &'static str, part: Option<crate::admission::Raw<'_>>, children| {
+        let text = part?.text();
+        let start = (text.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
+        let end = start + text.len();
+        (end <= base.len()).then_some(lazy::Hint {
+            key,
+            start,
+            end,
+            children,
+        })
+    };
+    let spec = at(
+        "spec",
+        o.spec,
+        [
+            at("replicas", o.replicas, Vec::new()),
+            at("template", o.spec_template, Vec::new()),
+            at("jobTemplate", o.job_template, Vec::new()),
+            at("containers", o.spec_containers, Vec::new()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    let metadata = at(
+        "metadata",
+        o.metadata,
+        [
+            at("labels", o.labels, Vec::new()),
+            at("annotations", o.annotations, Vec::new()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
+    [spec, metadata, at("template", o.template, Vec::new())]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Hands a policy's audit annotations to the decision, keyed `<policy name>/<key>` as the
+/// API server keys a ValidatingAdmissionPolicy's.
+pub(crate) fn annotate(
+    ctx: &crate::policy::EvalCtx<'_, '_>,
+    policy: &str,
+    annotations: Vec<(String, String)>,
+) {
+    if annotations.is_empty() {
+        return;
+    }
+    if let Ok(mut out) = ctx.audit_annotations.lock() {
+        out.extend(
+            annotations
+                .into_iter()
+                .map(|(key, value)| (format!("{policy}/{key}"), value)),
+        );
+    }
 }
 
 /// A verdict as a policy outcome: an error under `failurePolicy: Fail` denies, like a
@@ -1151,8 +1291,10 @@ pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
 
 impl crate::policy::Check for CelPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
-        let verdict = with_activation(ctx.review, |_, act| CelPolicy::evaluate(self, act).verdict);
-        crate::policy::Eval::Done(outcome(verdict))
+        let user = Arc::as_ptr(&self.inner) as usize;
+        let e = with_activation(ctx.review, user, |_, act| CelPolicy::evaluate(self, act));
+        annotate(ctx, ctx.policy, e.audit_annotations);
+        crate::policy::Eval::Done(outcome(e.verdict))
     }
 }
 
@@ -1601,6 +1743,42 @@ auditAnnotations:
         assert!(
             matches!(verdict(&p, &object), Verdict::Error(m) if m.contains("cost limit exceeded"))
         );
+    }
+
+    /// Through a decoded review (the decoder's hints, the shared conversion) expressions see
+    /// what they see on the plain activation, duplicate keys and escapes included.
+    #[rstest]
+    #[case(r#"{"spec":{"replicas":1},"spec":{"replicas":3,"template":{"spec":{"containers":[{"name":"a"}]}}},"metadata":{"name":"web","labels":{"app":"web"}}}"#)]
+    #[case(r#"{"metadata":null,"sp\u0065c":{"replicas":3,"replicas":4},"spec":{"replicas":5,"template":null}}"#)]
+    #[case(
+        r#"{"metadata":{"labels":{"app":"x"}},"metadata":{"name":"web"},"spec":{"replicas":"3"}}"#
+    )]
+    fn decoded_reviews_see_what_the_plain_activation_sees(#[case] object: &str) {
+        let body = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"resource":{{"group":"apps","version":"v1","resource":"deployments"}},"operation":"CREATE","userInfo":{{}},"object":{object}}}}}"#
+        );
+        let review = crate::admission::decode(body.as_bytes()).expect("review");
+        for expr in [
+            "object.spec.replicas == 3",
+            "object.spec.replicas == 5",
+            "has(object.spec.template) && object.spec.template.spec.containers[0].name == 'a'",
+            "object.metadata.name == 'web'",
+            "has(object.metadata.labels)",
+            "object.metadata == null",
+            "size(object) == 2",
+            "object.spec == {'replicas': 3, 'template': null}",
+        ] {
+            let p = policy(&format!(
+                "validations:\n- expression: {}\n  message: no\n",
+                serde_json::to_string(expr).unwrap()
+            ))
+            .unwrap();
+            let plain = verdict(&p, object);
+            for user in [1, 2, 1] {
+                let through = with_activation(&review, user, |_, act| p.evaluate(act).verdict);
+                assert_eq!(through, plain, "{expr} on {object}");
+            }
+        }
     }
 
     #[test]

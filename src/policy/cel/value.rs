@@ -206,6 +206,13 @@ impl<'b, 'v> traits::Iterator<'b, 'v> for Counted<'b> {
     }
 }
 
+/// `inner`, charging the budget per element as [`SharedList`] does.
+pub(crate) fn counted<'b, 'w>(
+    inner: Box<dyn traits::Iterator<'b, 'static> + 'b>,
+) -> Box<dyn traits::Iterator<'b, 'w> + 'b> {
+    Box::new(Counted { inner })
+}
+
 macro_rules! shared_container {
     ($ty:ident, $cel_type:expr, $builtin:ident) => {
         impl Val for $ty {

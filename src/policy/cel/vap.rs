@@ -376,6 +376,9 @@ impl VapPolicy {
     /// Evaluates the pair; messages read as the API server's.
     pub fn evaluate(&self, act: &Activation<'_>) -> Evaluation {
         let mut e = self.cel.evaluate(act);
+        if e.verdict == Verdict::Pass {
+            return e;
+        }
         let prefix = format!(
             "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: ",
             self.policy_name, self.binding_name
@@ -403,12 +406,27 @@ fn parse<T: serde::de::DeserializeOwned>(doc: &serde_json::Value, what: &str) ->
 /// bindings are parameter objects a `paramRef` may name. A policy with no binding is not
 /// enforced, as in a cluster.
 pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
+    let tagged: Vec<(&str, &serde_json::Value)> = docs.iter().map(|d| ("", d)).collect();
+    let mut at = "";
+    load_tagged(&tagged, &mut at).map(|v| v.into_iter().map(|(p, _)| p).collect())
+}
+
+/// [`load`] over documents tagged with the file they come from (a policy directory's files
+/// form one set: a binding may name a policy or params in another file). Returns each policy
+/// with its binding's file; on an error, `at` is the file the error is in.
+fn load_tagged<'d>(
+    docs: &[(&'d str, &'d serde_json::Value)],
+    at: &mut &'d str,
+) -> Result<Vec<(VapPolicy, &'d str)>, String> {
     let mut policies: BTreeMap<String, (PolicySpec, String)> = BTreeMap::new();
-    let mut bindings: Vec<(String, BindingSpec)> = Vec::new();
+    let mut bindings: Vec<(String, BindingSpec, &'d str)> = Vec::new();
     let mut others: Vec<&serde_json::Value> = Vec::new();
-    for doc in docs {
+    let mut others_at: Vec<&'d str> = Vec::new();
+    for &(source, doc) in docs {
+        *at = source;
         if !is_vap_document(doc) {
             others.push(doc);
+            others_at.push(source);
             continue;
         }
         let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("");
@@ -444,12 +462,13 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             if m.metadata.name.is_empty() {
                 return Err("ValidatingAdmissionPolicyBinding: metadata.name is required".into());
             }
-            bindings.push((m.metadata.name, m.spec));
+            bindings.push((m.metadata.name, m.spec, source));
         }
     }
     let mut used = vec![false; others.len()];
     let mut out = Vec::new();
-    for (name, b) in bindings {
+    for (name, b, source) in bindings {
+        *at = source;
         let what = format!("ValidatingAdmissionPolicyBinding '{name}'");
         let (spec, policy_what) = policies.get(&b.policy_name).ok_or_else(|| {
             format!(
@@ -484,16 +503,20 @@ pub fn load(docs: &[serde_json::Value]) -> Result<Vec<VapPolicy>, String> {
             params,
         )
         .map_err(|e| format!("{policy_what}: spec.{e}"))?;
-        out.push(VapPolicy {
-            policy_name: b.policy_name.clone(),
-            binding_name: name,
-            actions: b.validation_actions.clone(),
-            constraints: spec.match_constraints.clone().unwrap_or_default(),
-            binding_match: b.match_resources.clone(),
-            cel,
-        });
+        out.push((
+            VapPolicy {
+                policy_name: b.policy_name.clone(),
+                binding_name: name,
+                actions: b.validation_actions.clone(),
+                constraints: spec.match_constraints.clone().unwrap_or_default(),
+                binding_match: b.match_resources.clone(),
+                cel,
+            },
+            source,
+        ));
     }
     if let Some(i) = used.iter().position(|u| !u) {
+        *at = others_at[i];
         let doc = others[i];
         let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("object");
         let name = doc
@@ -566,13 +589,18 @@ fn params_for(
 
 impl crate::policy::Check for VapPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
-        let verdict = super::with_activation(ctx.review, |attrs, act| {
-            if self.matches(attrs, act) {
-                VapPolicy::evaluate(self, act).verdict
-            } else {
-                Verdict::Pass
-            }
+        let user = self as *const Self as usize;
+        let e = super::with_activation(ctx.review, user, |attrs, act| {
+            self.matches(attrs, act)
+                .then(|| VapPolicy::evaluate(self, act))
         });
+        let verdict = match e {
+            Some(e) => {
+                super::annotate(ctx, &self.policy_name, e.audit_annotations);
+                e.verdict
+            }
+            None => Verdict::Pass,
+        };
         crate::policy::Eval::Done(super::outcome(verdict))
     }
 }
@@ -598,22 +626,43 @@ pub(crate) fn policies(
     docs: Vec<serde_yaml::Value>,
     source: &str,
 ) -> Result<Vec<crate::policy::Policy>, String> {
-    let mut json = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.into_iter().enumerate() {
-        let value =
-            serde_json::to_value(doc).map_err(|e| format!("Kubernetes object #{}: {e}", i + 1))?;
-        expand(value, &mut json);
+    policies_in_files(vec![(source.to_owned(), docs)]).map_err(|e| e.message)
+}
+
+/// The VAPs bound among the Kubernetes objects of several files (a policy directory): a
+/// binding may name a policy or params of another file. An error names the file it is in.
+pub(crate) fn policies_in_files(
+    files: Vec<(String, Vec<serde_yaml::Value>)>,
+) -> Result<Vec<crate::policy::Policy>, crate::policy::LoadError> {
+    use crate::policy::LoadError;
+    let mut json: Vec<(usize, serde_json::Value)> = Vec::new();
+    for (f, (source, docs)) in files.iter().enumerate() {
+        for (i, doc) in docs.iter().enumerate() {
+            let value = serde_json::to_value(doc).map_err(|e| {
+                LoadError::new(source, format!("Kubernetes object #{}: {e}", i + 1))
+            })?;
+            let mut expanded = Vec::new();
+            expand(value, &mut expanded);
+            json.extend(expanded.into_iter().map(|v| (f, v)));
+        }
     }
+    let tagged: Vec<(&str, &serde_json::Value)> = json
+        .iter()
+        .map(|(f, v)| (files[*f].0.as_str(), v))
+        .collect();
+    let mut at = "";
+    let loaded = load_tagged(&tagged, &mut at).map_err(|m| LoadError::new(at, m))?;
     let everything: crate::policy::matching::MatchSpec =
         serde_json::from_value(serde_json::json!({"resources": ["*", "*/*"], "operations": ["*"]}))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LoadError::new("", e.to_string()))?;
     let mut out = Vec::new();
-    for vap in load(&json)? {
+    for (vap, source) in loaded {
         out.push(crate::policy::Policy {
             name: vap.name(),
             action: vap.action(),
             description: None,
-            matcher: crate::policy::matching::Matcher::compile(everything.clone())?,
+            matcher: crate::policy::matching::Matcher::compile(everything.clone())
+                .map_err(|m| LoadError::new(source, m))?,
             kind: crate::policy::Kind {
                 name: "ValidatingAdmissionPolicy",
                 check: std::sync::Arc::new(vap),

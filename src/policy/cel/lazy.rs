@@ -1,0 +1,943 @@
+//! The review's object as CEL values converted on demand from its JSON text.
+//!
+//! A [`LazyMap`] or [`LazyList`] stands for one JSON object or array of a document held once
+//! per review (`Arc<[u8]>`, shared by every CEL policy judging it). Nothing is converted until
+//! an expression reaches it: selecting a field scans the members of that map once (skipping
+//! their values without building them) into an index of keys and value ranges, and converts
+//! only the value selected (a nested object or array becomes another lazy value, a scalar its
+//! CEL value); a list is converted one level down on its first index, size or iteration.
+//! Converted parts are kept, so the same review's policies share them. Equality compares
+//! entry by entry, converting only what it compares; a library function that needs a plain
+//! CEL map or list gets this level built once ([`Val::as_builtin`]).
+//!
+//! Indexing a level charges the running evaluation's budget one unit per member or element
+//! scanned, and iterating charges per element as for any other value (see [`super::value`]).
+//!
+//! The text must be valid JSON (the review decoder checks the whole body once); a value that
+//! does not scan is an evaluation error, never a panic.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use ::cel::ExecutionError;
+use ::cel::common::traits::{self, Container, Indexer, Iterable, Sizer, Zeroer};
+use ::cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, Kind, LIST_TYPE,
+    MAP_TYPE, Type,
+};
+use ::cel::common::value::{Builtin, BuiltinRef, CowVal, StaticVal, Val};
+
+use super::value::{Owned, charge, counted};
+
+/// Maps with more members than this get a hash index (smaller ones are scanned).
+const HASHED: usize = 12;
+
+/// The JSON text value `bytes` as a CEL value, lazily converted. `bytes` must be one JSON
+/// value (surrounding whitespace allowed).
+pub(crate) fn root(bytes: &[u8]) -> Result<Owned, String> {
+    root_of(bytes, Vec::new(), false).map(|(_, v)| v)
+}
+
+/// Where a member of a map is, known before the map is scanned: the review decoder finds
+/// `metadata`, `spec`, `spec.replicas` and the pod template in its one pass, and a field
+/// access that reaches one of them needs no scan at all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hint {
+    /// The member's key.
+    pub(crate) key: &'static str,
+    /// Its value's range in the document.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    /// Hints for the members of its value.
+    pub(crate) children: Vec<Hint>,
+}
+
+/// `checked`: the text is known to be one JSON value (no scan for its end).
+fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<[u8]>, Owned), String> {
+    let doc: Arc<[u8]> = Arc::from(bytes);
+    let start = ws(&doc, 0);
+    let end = if checked {
+        doc.len()
+            - doc
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_whitespace())
+                .count()
+    } else {
+        let end = value_end(&doc, start).ok_or_else(malformed)?;
+        if ws(&doc, end) != doc.len() {
+            return Err(malformed());
+        }
+        end
+    };
+    let value = convert(&doc, start, end, hints).ok_or_else(malformed)?;
+    Ok((doc, value))
+}
+
+fn malformed() -> String {
+    "the object is not valid JSON".to_owned()
+}
+
+fn scan_error() -> ExecutionError {
+    ExecutionError::function_error("object", malformed())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scanning validated JSON text
+// ---------------------------------------------------------------------------------------------
+
+/// The bytes a skip stops at: quotes and brackets.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(c) = b.get(i) {
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// `b[i]` is `"`: the index after the closing quote, and whether the string has escapes.
+fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[k] == b'"' {
+            return Some((k + 1, escaped));
+        }
+        escaped = true;
+        j = k + 2;
+    }
+}
+
+/// The index after the value starting at `b[i]`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i).map(|(e, _)| e),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                // Runs of anything but quotes and brackets (keys' colons, numbers, the
+                // indentation of pretty-printed text) in a tight loop.
+                while j < b.len() && !STRUCTURAL[b[j] as usize] {
+                    j += 1;
+                }
+                match *b.get(j)? {
+                    b'"' => j = string_end(b, j)?.0,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        j += 1;
+                    }
+                    _ => {
+                        depth = depth.checked_sub(1)?;
+                        j += 1;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            let mut j = i;
+            while let Some(c) = b.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
+    std::str::from_utf8(b.get(start..end)?).ok()
+}
+
+/// The CEL value of the JSON value `doc[start..end]`, as the API server converts unstructured
+/// objects: integers as `int`, other numbers as `double`, objects and arrays lazily.
+fn convert(doc: &Arc<[u8]>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
+    let b: &[u8] = doc;
+    Some(match *b.get(start)? {
+        b'{' => Box::new(LazyMap(Arc::new(MapNode {
+            doc: Arc::clone(doc),
+            start,
+            end,
+            hinted: hints
+                .into_iter()
+                .filter(|h| h.start < h.end && h.end <= end && h.start > start)
+                .map(|h| (h, OnceLock::new()))
+                .collect(),
+            index: OnceLock::new(),
+            built: OnceLock::new(),
+        }))),
+        b'[' => Box::new(LazyList(Arc::new(ListNode {
+            doc: Arc::clone(doc),
+            start,
+            end,
+            items: OnceLock::new(),
+        }))),
+        b'"' => Box::new(CelString::from(string(b, start, end)?)),
+        b't' if b.get(start..end)? == b"true" => Box::new(CelBool::from(true)),
+        b'f' if b.get(start..end)? == b"false" => Box::new(CelBool::from(false)),
+        b'n' if b.get(start..end)? == b"null" => Box::new(CelNull),
+        _ => number(text(b, start, end)?)?,
+    })
+}
+
+fn string(b: &[u8], start: usize, end: usize) -> Option<String> {
+    let (e, escaped) = string_end(b, start)?;
+    if e != end {
+        return None;
+    }
+    if escaped {
+        serde_json::from_slice::<String>(b.get(start..end)?).ok()
+    } else {
+        text(b, start + 1, end - 1).map(str::to_owned)
+    }
+}
+
+/// A JSON number as `serde_json` reads it: whole numbers in `i64` as ints, the rest doubles.
+fn number(t: &str) -> Option<Owned> {
+    if !t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        return None;
+    }
+    if !t.contains(['.', 'e', 'E'])
+        && let Ok(i) = t.parse::<i64>()
+    {
+        return Some(Box::new(CelInt::from(i)));
+    }
+    t.parse::<f64>()
+        .ok()
+        .map(|d| Box::new(CelDouble::from(d)) as Owned)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maps
+// ---------------------------------------------------------------------------------------------
+
+enum KeyText {
+    /// Unescaped key: `doc[start..end]`.
+    Raw(usize, usize),
+    /// A key with escapes, decoded.
+    Decoded(Box<str>),
+}
+
+struct Entry {
+    key: KeyText,
+    start: usize,
+    end: usize,
+    value: OnceLock<Option<Owned>>,
+}
+
+struct MapIndex {
+    entries: Vec<Entry>,
+    hashed: Option<HashMap<Box<str>, usize>>,
+}
+
+struct MapNode {
+    doc: Arc<[u8]>,
+    start: usize,
+    end: usize,
+    hinted: Vec<(Hint, OnceLock<Option<Owned>>)>,
+    index: OnceLock<Option<MapIndex>>,
+    built: OnceLock<CelMap<'static>>,
+}
+
+/// A JSON object of the review, converted field by field.
+#[derive(Clone)]
+pub(crate) struct LazyMap(Arc<MapNode>);
+
+impl fmt::Debug for LazyMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LazyMap({} bytes)", self.0.end - self.0.start)
+    }
+}
+
+impl MapNode {
+    fn key<'s>(&'s self, e: &'s Entry) -> &'s str {
+        match &e.key {
+            KeyText::Raw(s, t) => text(&self.doc, *s, *t).unwrap_or(""),
+            KeyText::Decoded(k) => k,
+        }
+    }
+
+    fn index(&self) -> Option<&MapIndex> {
+        self.index.get_or_init(|| self.scan()).as_ref()
+    }
+
+    /// One pass over the members of this level.
+    fn scan(&self) -> Option<MapIndex> {
+        let b: &[u8] = &self.doc;
+        let mut entries = Vec::new();
+        let mut i = ws(b, self.start + 1);
+        if *b.get(i)? != b'}' {
+            loop {
+                if *b.get(i)? != b'"' {
+                    return None;
+                }
+                let (kend, escaped) = string_end(b, i)?;
+                let key = if escaped {
+                    KeyText::Decoded(serde_json::from_slice::<String>(&b[i..kend]).ok()?.into())
+                } else {
+                    KeyText::Raw(i + 1, kend - 1)
+                };
+                i = ws(b, kend);
+                if *b.get(i)? != b':' {
+                    return None;
+                }
+                let start = ws(b, i + 1);
+                let end = value_end(b, start)?;
+                entries.push(Entry {
+                    key,
+                    start,
+                    end,
+                    value: OnceLock::new(),
+                });
+                i = ws(b, end);
+                match *b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        charge(entries.len().max(1) as u64);
+        // The last of duplicate keys wins, as everywhere in Kubernetes.
+        let mut index = MapIndex {
+            entries,
+            hashed: None,
+        };
+        if index.entries.len() > HASHED {
+            let mut hashed = HashMap::with_capacity(index.entries.len());
+            let mut keep = vec![false; index.entries.len()];
+            for (n, e) in index.entries.iter().enumerate() {
+                hashed.insert(Box::<str>::from(self.key(e)), n);
+            }
+            for &n in hashed.values() {
+                keep[n] = true;
+            }
+            if keep.iter().any(|k| !k) {
+                let mut n = 0;
+                index.entries.retain(|_| {
+                    n += 1;
+                    keep[n - 1]
+                });
+                hashed = index
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .map(|(n, e)| (Box::<str>::from(self.key(e)), n))
+                    .collect();
+            }
+            index.hashed = Some(hashed);
+        } else {
+            let n = index.entries.len();
+            let mut keep = vec![true; n];
+            for (a, kept) in keep.iter_mut().enumerate() {
+                let key = self.key(&index.entries[a]);
+                *kept = !index.entries[a + 1..].iter().any(|e| self.key(e) == key);
+            }
+            if keep.iter().any(|k| !k) {
+                let mut n = 0;
+                index.entries.retain(|_| {
+                    n += 1;
+                    keep[n - 1]
+                });
+            }
+        }
+        Some(index)
+    }
+
+    fn find(&self, key: &str) -> Option<Result<&Entry, ()>> {
+        let Some(index) = self.index() else {
+            return Some(Err(()));
+        };
+        let n = match &index.hashed {
+            Some(h) => *h.get(key)?,
+            None => index.entries.iter().position(|e| self.key(e) == key)?,
+        };
+        Some(Ok(&index.entries[n]))
+    }
+
+    fn value<'s>(&'s self, e: &'s Entry) -> Option<&'s (dyn Val + 'static)> {
+        e.value
+            .get_or_init(|| convert(&self.doc, e.start, e.end, Vec::new()))
+            .as_deref()
+    }
+
+    /// This level as a plain CEL map (its values still lazy).
+    fn built(&self) -> &CelMap<'static> {
+        self.built.get_or_init(|| {
+            let Some(index) = self.index() else {
+                return CelMap::default();
+            };
+            let map: HashMap<CelMapKey<'static>, Owned> = index
+                .entries
+                .iter()
+                .map(|e| {
+                    let v = match self.value(e) {
+                        Some(v) => v.clone_as_boxed(),
+                        None => Box::new(CelNull) as Owned,
+                    };
+                    (CelMapKey::from(self.key(e).to_owned()), v)
+                })
+                .collect();
+            CelMap::from(map)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.index().map_or(0, |i| i.entries.len())
+    }
+}
+
+fn as_key(idx: &dyn Val) -> Option<&str> {
+    idx.downcast_ref::<CelString>().map(|s| s.inner())
+}
+
+impl Indexer for LazyMap {
+    fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        let Some(key) = as_key(idx) else {
+            return Indexer::get(self.0.built(), idx);
+        };
+        if let Some((h, v)) = self.0.hinted.iter().find(|(h, _)| h.key == key) {
+            return v
+                .get_or_init(|| convert(&self.0.doc, h.start, h.end, h.children.clone()))
+                .as_deref()
+                .map(CowVal::Borrowed)
+                .ok_or_else(scan_error);
+        }
+        match self.0.find(key) {
+            None => Err(ExecutionError::no_such_key(key)),
+            Some(Err(())) => Err(scan_error()),
+            Some(Ok(e)) => self.0.value(e).map(CowVal::Borrowed).ok_or_else(scan_error),
+        }
+    }
+
+    fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        Indexer::get(&*self, idx).map(|v| v.as_ref().clone_as_boxed())
+    }
+}
+
+impl Container for LazyMap {
+    fn contains(&self, idx: &dyn Val) -> Result<bool, ExecutionError> {
+        match as_key(idx) {
+            Some(key) => match self.0.find(key) {
+                None => Ok(false),
+                Some(Ok(_)) => Ok(true),
+                Some(Err(())) => Err(scan_error()),
+            },
+            None => self.0.built().contains(idx),
+        }
+    }
+}
+
+impl Sizer for LazyMap {
+    fn size(&self) -> CelInt {
+        (self.0.len() as i64).into()
+    }
+}
+
+impl Zeroer for LazyMap {
+    fn is_zero_value(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+impl Iterable for LazyMap {
+    fn iter<'b, 'w>(&'b self) -> Box<dyn traits::Iterator<'b, 'w> + 'b>
+    where
+        Self: 'w,
+    {
+        counted(Iterable::iter(self.0.built()))
+    }
+}
+
+impl Val for LazyMap {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        Some(self)
+    }
+
+    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+        Some(self)
+    }
+
+    fn equals(&self, other: &dyn Val) -> bool {
+        if let Some(o) = other.downcast_ref::<LazyMap>()
+            && (Arc::ptr_eq(&self.0, &o.0)
+                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
+        {
+            return true;
+        }
+        if other.get_type().kind() != Kind::Map {
+            return false;
+        }
+        let Some(index) = self.0.index() else {
+            return false;
+        };
+        let (Some(sizer), Some(indexer)) = (other.as_sizer(), other.as_indexer()) else {
+            return false;
+        };
+        if *sizer.size().inner() != index.entries.len() as i64 {
+            return false;
+        }
+        index.entries.iter().all(|e| {
+            let key = CelString::from(self.0.key(e));
+            match (self.0.value(e), indexer.get(&key)) {
+                (Some(mine), Ok(theirs)) => mine.equals(theirs.as_ref()),
+                _ => false,
+            }
+        })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(self.clone())
+    }
+
+    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
+    where
+        Self: 'w,
+    {
+        BuiltinRef::Map(self.0.built())
+    }
+
+    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
+    where
+        Self: 'w,
+    {
+        Some(Builtin::Map(self.0.built().clone()))
+    }
+}
+
+impl StaticVal for LazyMap {}
+
+// ---------------------------------------------------------------------------------------------
+// Lists
+// ---------------------------------------------------------------------------------------------
+
+struct ListNode {
+    doc: Arc<[u8]>,
+    start: usize,
+    end: usize,
+    items: OnceLock<Option<CelList<'static>>>,
+}
+
+/// A JSON array of the review, converted one level down on first use.
+#[derive(Clone)]
+pub(crate) struct LazyList(Arc<ListNode>);
+
+impl fmt::Debug for LazyList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LazyList({} bytes)", self.0.end - self.0.start)
+    }
+}
+
+static EMPTY_LIST: OnceLock<CelList<'static>> = OnceLock::new();
+
+impl ListNode {
+    fn items(&self) -> Option<&CelList<'static>> {
+        self.items.get_or_init(|| self.scan()).as_ref()
+    }
+
+    fn scan(&self) -> Option<CelList<'static>> {
+        let b: &[u8] = &self.doc;
+        let mut items: Vec<Owned> = Vec::new();
+        let mut i = ws(b, self.start + 1);
+        if *b.get(i)? != b']' {
+            loop {
+                let end = value_end(b, i)?;
+                items.push(convert(&self.doc, i, end, Vec::new())?);
+                i = ws(b, end);
+                match *b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+        }
+        charge(items.len().max(1) as u64);
+        Some(CelList::from(items))
+    }
+
+    /// The items, or an empty list when the text does not scan (every accessor that can
+    /// report an error checks [`ListNode::items`] first).
+    fn items_or_empty(&self) -> &CelList<'static> {
+        self.items()
+            .unwrap_or_else(|| EMPTY_LIST.get_or_init(|| CelList::from(Vec::<Owned>::new())))
+    }
+}
+
+impl Indexer for LazyList {
+    fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        Indexer::get(self.0.items().ok_or_else(scan_error)?, idx)
+    }
+
+    fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        Indexer::get(&*self, idx).map(|v| v.as_ref().clone_as_boxed())
+    }
+}
+
+impl Container for LazyList {
+    fn contains(&self, v: &dyn Val) -> Result<bool, ExecutionError> {
+        Container::contains(self.0.items().ok_or_else(scan_error)?, v)
+    }
+}
+
+impl Sizer for LazyList {
+    fn size(&self) -> CelInt {
+        self.0.items_or_empty().size()
+    }
+}
+
+impl Zeroer for LazyList {
+    fn is_zero_value(&self) -> bool {
+        self.0.items_or_empty().inner().is_empty()
+    }
+}
+
+impl Iterable for LazyList {
+    fn iter<'b, 'w>(&'b self) -> Box<dyn traits::Iterator<'b, 'w> + 'b>
+    where
+        Self: 'w,
+    {
+        counted(Iterable::iter(self.0.items_or_empty()))
+    }
+}
+
+impl Val for LazyList {
+    fn get_type(&self) -> &Type {
+        &LIST_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &LIST_TYPE
+    }
+
+    fn as_adder<'b, 'w>(&'b self) -> Option<&'b (dyn ::cel::common::traits::Adder + 'w)>
+    where
+        Self: 'w,
+    {
+        self.0.items_or_empty().as_adder()
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        Some(self)
+    }
+
+    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+        Some(self)
+    }
+
+    fn equals(&self, other: &dyn Val) -> bool {
+        if let Some(o) = other.downcast_ref::<LazyList>()
+            && (Arc::ptr_eq(&self.0, &o.0)
+                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
+        {
+            return true;
+        }
+        match self.0.items() {
+            Some(items) => items.equals(other),
+            None => false,
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(self.clone())
+    }
+
+    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
+    where
+        Self: 'w,
+    {
+        BuiltinRef::List(self.0.items_or_empty())
+    }
+
+    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
+    where
+        Self: 'w,
+    {
+        Some(Builtin::List(self.0.items_or_empty().clone()))
+    }
+}
+
+impl StaticVal for LazyList {}
+
+// ---------------------------------------------------------------------------------------------
+// The per-review scratch
+// ---------------------------------------------------------------------------------------------
+
+/// A converted object and the policies that have used it.
+struct Slot {
+    doc: Arc<[u8]>,
+    root: Owned,
+    users: Vec<usize>,
+}
+
+/// The objects and old objects last converted on this thread (an UPDATE has both).
+const SLOTS: usize = 2;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Slot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`root`], shared by the CEL policies judging the same review on this thread: the first
+/// policy converts, the next ones with the same object text reuse what was converted. A policy
+/// that finds a conversion it has already used is judging a new review (each policy judges a
+/// review once) and starts afresh, so nothing carries over from one review to the next
+/// but what a later policy of the same review reuses; the bytes are compared, so a reuse
+/// is always of the same text.
+pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result<Owned, String> {
+    SCRATCH.with(|scratch| {
+        let mut slots = scratch.borrow_mut();
+        if let Some(slot) = slots.iter_mut().find(|s| *s.doc == *bytes)
+            && !slot.users.contains(&user)
+        {
+            slot.users.push(user);
+            return Ok(slot.root.clone_as_boxed());
+        }
+        let (doc, root) = root_of(bytes, hints, true)?;
+        slots.retain(|s| *s.doc != *bytes);
+        if slots.len() >= SLOTS {
+            slots.remove(0);
+        }
+        slots.push(Slot {
+            doc,
+            root: root.clone_as_boxed(),
+            users: vec![user],
+        });
+        Ok(root)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'v>(v: &'v dyn Val, key: &str) -> Result<CowVal<'v, 'v>, ExecutionError> {
+        v.as_indexer()
+            .expect("indexable")
+            .get(&CelString::from(key))
+    }
+
+    fn value(v: &dyn Val) -> ::cel::Value {
+        ::cel::Value::try_from(v).expect("converts")
+    }
+
+    #[test]
+    fn fields_convert_as_json_does() {
+        let text = br#" {"a": 3, "b": 2.5, "big": 18446744073709551615, "neg": -0, "e": 1e2,
+            "s": "x\"y\u00e9", "n": null, "t": true, "l": [1, {"k": "v"}], "m": {}} "#;
+        let root = root(text).unwrap();
+        let from_json = super::super::value::from_json(text).unwrap();
+        assert_eq!(value(root.as_ref()), value(from_json.as_ref()));
+        assert_eq!(
+            value(&*get(root.as_ref(), "a").unwrap()),
+            ::cel::Value::Int(3)
+        );
+        assert_eq!(
+            value(&*get(root.as_ref(), "s").unwrap()),
+            ::cel::Value::String(Arc::new("x\"yé".into()))
+        );
+        assert!(matches!(
+            get(root.as_ref(), "missing"),
+            Err(ExecutionError::NoSuchKey(k)) if k.as_str() == "missing"
+        ));
+    }
+
+    #[test]
+    fn only_what_is_reached_is_converted() {
+        let root = root(br#"{"metadata": {"name": "x"}, "spec": {"replicas": 3, "template": {}}}"#)
+            .unwrap();
+        let map = root.downcast_ref::<LazyMap>().unwrap();
+        assert!(map.0.index.get().is_none());
+        let spec = get(root.as_ref(), "spec").unwrap();
+        let index = map.0.index.get().unwrap().as_ref().unwrap();
+        let converted: Vec<&str> = index
+            .entries
+            .iter()
+            .filter(|e| e.value.get().is_some())
+            .map(|e| map.0.key(e))
+            .collect();
+        assert_eq!(converted, ["spec"]);
+        let spec_map = spec.downcast_ref::<LazyMap>().unwrap();
+        assert!(spec_map.0.index.get().is_none(), "spec not scanned yet");
+        assert_eq!(
+            value(&*get(&*spec, "replicas").unwrap()),
+            ::cel::Value::Int(3)
+        );
+    }
+
+    #[test]
+    fn the_last_of_duplicate_keys_wins_and_escaped_keys_are_found() {
+        let root = root(br#"{"a": 1, "b": 2, "a": 3, "c\u0021": 4}"#).unwrap();
+        assert_eq!(
+            value(&*get(root.as_ref(), "a").unwrap()),
+            ::cel::Value::Int(3)
+        );
+        assert_eq!(
+            value(&*get(root.as_ref(), "c!").unwrap()),
+            ::cel::Value::Int(4)
+        );
+        assert_eq!(*root.as_sizer().unwrap().size().inner(), 3);
+        // Many keys: the hashed index, with the same rules.
+        let mut many: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        many.push("\"k7\": 700".into());
+        let text = format!("{{{}}}", many.join(","));
+        let root = super::root(text.as_bytes()).unwrap();
+        assert_eq!(
+            value(&*get(root.as_ref(), "k7").unwrap()),
+            ::cel::Value::Int(700)
+        );
+        assert_eq!(
+            value(&*get(root.as_ref(), "k39").unwrap()),
+            ::cel::Value::Int(39)
+        );
+        assert_eq!(*root.as_sizer().unwrap().size().inner(), 40);
+    }
+
+    #[test]
+    fn equality_holds_both_ways_with_plain_values() {
+        let root = root(br#"{"m": {"x": [1, "a"], "y": null}, "l": [{"k": 1}]}"#).unwrap();
+        let plain = super::super::value::from_json(br#"{"x": [1, "a"], "y": null}"#).unwrap();
+        let m = get(root.as_ref(), "m").unwrap();
+        assert!(m.equals(plain.as_ref()) && plain.equals(&*m));
+        let other = super::super::value::from_json(br#"{"x": [1, "b"], "y": null}"#).unwrap();
+        assert!(!m.equals(other.as_ref()) && !other.equals(&*m));
+        let l = get(root.as_ref(), "l").unwrap();
+        let plain = super::super::value::from_json(br#"[{"k": 1}]"#).unwrap();
+        assert!(l.equals(plain.as_ref()) && plain.equals(&*l));
+    }
+
+    #[test]
+    fn text_that_does_not_scan_is_an_error() {
+        for bad in [&b"{\"a\": "[..], b"[1, 2", b"\"open", b"", b"{} x"] {
+            assert!(root(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Nested damage shows when the part is reached, as an error.
+        let v = root(b"{\"a\" 1}").unwrap();
+        assert!(get(v.as_ref(), "a").is_err());
+        let v = root(b"{\"a\": {\"b\" 1}}").unwrap();
+        let a = get(v.as_ref(), "a").unwrap();
+        assert!(get(&*a, "b").is_err());
+    }
+
+    #[test]
+    fn a_review_s_policies_share_the_conversion_and_a_new_review_starts_afresh() {
+        let text = br#"{"spec": {"replicas": 3}}"#;
+        let first = shared_root(text, 1, Vec::new()).unwrap();
+        let second = shared_root(text, 2, Vec::new()).unwrap();
+        let (a, b) = (
+            first.downcast_ref::<LazyMap>().unwrap(),
+            second.downcast_ref::<LazyMap>().unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.0, &b.0), "policy 2 of the review reuses it");
+        let again = shared_root(text, 1, Vec::new()).unwrap();
+        let c = again.downcast_ref::<LazyMap>().unwrap();
+        assert!(!Arc::ptr_eq(&a.0, &c.0), "policy 1 again: a new review");
+        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new()).unwrap();
+        assert_eq!(
+            value(&*get(&*get(other.as_ref(), "spec").unwrap(), "replicas").unwrap()),
+            ::cel::Value::Int(4)
+        );
+    }
+}
