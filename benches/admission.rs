@@ -1,4 +1,5 @@
-//! In-process cost of one admission: decode → evaluate → encode, as the handler does it.
+//! In-process cost of one admission: decode → evaluate → answer (the response bytes), as the
+//! handler does it.
 //!
 //! Run: `cargo bench --bench admission`. Targets (BENCHMARKS.md): the ~5 KB Deployment CREATE
 //! against the default policies within 25 µs.
@@ -25,7 +26,7 @@ fn admit(policies: &PolicySet, body: &[u8]) -> Vec<u8> {
         .evaluate(&req)
         .now_or_never()
         .expect("these policies do no I/O");
-    serde_json::to_vec(&admission::respond(&req, &decision)).expect("encode")
+    admission::answer(&req, &decision)
 }
 
 /// Every example policy that runs in process (forward and one-time-token need the network or
@@ -129,6 +130,9 @@ fn bench(c: &mut Criterion) {
             serde_json::to_vec(&admission::respond(black_box(&req), black_box(&decision)))
                 .expect("encode")
         })
+    });
+    group.bench_function("create-3-replicas: answer only", |b| {
+        b.iter(|| admission::answer(black_box(&req), black_box(&decision)))
     });
     group.bench_function("create-3-replicas: encode only", |b| {
         b.iter(|| serde_json::to_vec(black_box(&review)).expect("encode"))
