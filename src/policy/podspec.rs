@@ -58,14 +58,15 @@ impl Section {
     }
 }
 
-/// One container of a pod spec.
 /// One container of a pod spec: its name and image, and the raw parts kinds may read.
 #[derive(Debug, Clone)]
 pub(crate) struct Container<'a> {
     /// Which list it is in.
     pub(crate) section: Section,
-    /// `name`, or `#N` (its position in the list) when it has none.
-    pub(crate) name: Cow<'a, str>,
+    /// Its position in the list, from 0.
+    index: usize,
+    /// `name`, when it is a non-empty string.
+    name: Option<Cow<'a, str>>,
     /// `image`, when it is a string.
     image: Option<Cow<'a, str>>,
     /// `ports`.
@@ -77,22 +78,22 @@ pub(crate) struct Container<'a> {
 impl<'a> Container<'a> {
     fn read(section: Section, index: usize, raw: Raw<'a>) -> Self {
         let [name, image, ports, resources] = raw.fields(["name", "image", "ports", "resources"]);
-        let name = match name.and_then(Raw::as_str) {
-            Some(n) if !n.is_empty() => n,
-            _ => Cow::Owned(format!("#{}", index + 1)),
-        };
         Self {
             section,
-            name,
+            index,
+            name: name.and_then(Raw::as_str).filter(|n| !n.is_empty()),
             image: image.and_then(Raw::as_str),
             ports,
             resources,
         }
     }
 
-    /// `container web`, `initContainer #2`.
+    /// `container web`, `initContainer #2` (its position when it has no name).
     pub(crate) fn label(&self) -> String {
-        format!("{} {}", self.section.singular(), self.name)
+        match &self.name {
+            Some(n) => format!("{} {n}", self.section.singular()),
+            None => format!("{} #{}", self.section.singular(), self.index + 1),
+        }
     }
 
     /// The image, when it is a string.
@@ -100,6 +101,10 @@ impl<'a> Container<'a> {
         self.image.as_deref()
     }
 }
+
+/// How many containers of each list are read once per review and kept; the rest of a longer
+/// list is read again by each kind that walks it, so memory stays bounded for any list.
+const KEPT: usize = 32;
 
 /// The pod template of a workload (or the Pod itself): its metadata and the parts of its
 /// spec the kinds read, taken from the raw object once per review.
@@ -111,8 +116,12 @@ pub(crate) struct PodTemplate<'a> {
     pub(crate) is_pod: bool,
     /// `spec.hostNetwork`.
     host_network: bool,
-    /// Every container, init containers first, then containers, then ephemeral ones.
-    containers: Vec<Container<'a>>,
+    /// The three lists, in the order of `Section::ALL`.
+    lists: [Option<Raw<'a>>; 3],
+    /// The first `KEPT` containers of each list, read.
+    kept: [Vec<Container<'a>>; 3],
+    /// Whether a list has more than `KEPT` containers.
+    longer: [bool; 3],
 }
 
 impl<'a> PodTemplate<'a> {
@@ -148,43 +157,113 @@ impl<'a> PodTemplate<'a> {
             Section::ALL[2].field(),
             "hostNetwork",
         ]);
-        let mut containers = Vec::new();
-        for (section, list) in Section::ALL.into_iter().zip([init, main, ephemeral]) {
-            if let Some(list) = list {
-                containers.extend(
-                    list.items()
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, c)| Container::read(section, i, c)),
-                );
+        let lists = [init, main, ephemeral];
+        let mut kept: [Vec<Container<'a>>; 3] = Default::default();
+        let mut longer = [false; 3];
+        for (i, section) in Section::ALL.into_iter().enumerate() {
+            if let Some(list) = lists[i] {
+                for (n, c) in list.iter_items().enumerate() {
+                    if n == KEPT {
+                        longer[i] = true;
+                        break;
+                    }
+                    kept[i].push(Container::read(section, n, c));
+                }
             }
         }
         Some(Self {
             metadata,
             is_pod,
             host_network: host_network.and_then(Raw::as_bool).unwrap_or(false),
-            containers,
+            lists,
+            kept,
+            longer,
         })
+    }
+
+    /// The containers of one section, in order.
+    fn section(&self, s: Section) -> impl Iterator<Item = Container<'a>> + '_ {
+        let i = Section::ALL.iter().position(|&x| x == s).unwrap_or(0);
+        let tail = self.lists[i].filter(|_| self.longer[i]).map(move |list| {
+            list.iter_items()
+                .enumerate()
+                .skip(KEPT)
+                .map(move |(n, c)| Container::read(s, n, c))
+        });
+        self.kept[i]
+            .iter()
+            .cloned()
+            .chain(tail.into_iter().flatten())
     }
 
     /// The containers in `sections`, in the order of `sections`.
     pub(crate) fn containers_in<'s>(
         &'s self,
         sections: &'s [Section],
-    ) -> impl Iterator<Item = &'s Container<'a>> + 's {
-        sections
-            .iter()
-            .flat_map(move |&s| self.containers.iter().filter(move |c| c.section == s))
+    ) -> impl Iterator<Item = Container<'a>> + 's {
+        sections.iter().flat_map(move |&s| self.section(s))
     }
 
-    /// Every container, init containers first.
-    pub(crate) fn containers(&self) -> impl Iterator<Item = &Container<'a>> {
-        self.containers.iter()
+    /// Every container, init containers first, then containers, then ephemeral ones.
+    pub(crate) fn containers(&self) -> impl Iterator<Item = Container<'a>> + '_ {
+        self.containers_in(&Section::ALL)
     }
 
     /// `spec.hostNetwork`.
     pub(crate) fn host_network(&self) -> bool {
         self.host_network
+    }
+}
+
+/// How many findings one policy's message names; past it they are only counted, so a huge
+/// list of containers gives a message of bounded size.
+pub(crate) const MAX_FINDINGS: usize = 20;
+
+/// The findings of one policy for one review: the first `MAX_FINDINGS`, and a count of the rest
+/// (which are never formatted).
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    shown: Vec<String>,
+    more: usize,
+}
+
+impl Findings {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a finding, built only if it will be shown.
+    pub(crate) fn push_with(&mut self, finding: impl FnOnce() -> String) {
+        if self.shown.len() < MAX_FINDINGS {
+            self.shown.push(finding());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// Adds a finding.
+    pub(crate) fn push(&mut self, finding: String) {
+        self.push_with(|| finding);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shown.is_empty()
+    }
+
+    /// `a, b and c`; past the cap `a, b, … t and 980 more`.
+    pub(crate) fn join_and(&self) -> String {
+        match self.more {
+            0 => join_and(&self.shown),
+            n => format!("{} and {n} more", self.shown.join(", ")),
+        }
+    }
+
+    /// `a, b, c`; past the cap `a, b, … t and 980 more`.
+    pub(crate) fn join_commas(&self) -> String {
+        match self.more {
+            0 => self.shown.join(", "),
+            n => format!("{} and {n} more", self.shown.join(", ")),
+        }
     }
 }
 

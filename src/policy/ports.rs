@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 use super::exempt::ExemptImages;
-use super::podspec::join_and;
+use super::podspec::Findings;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::describe_object;
 use crate::admission::{Raw, Review};
@@ -127,7 +127,7 @@ impl Ports {
             return Outcome::Pass;
         };
         let host_network = template.host_network();
-        let mut problems = Vec::new();
+        let mut problems = Findings::new();
         if host_network && self.host_ports.is_some() && !self.allow_host_network {
             problems.push("hostNetwork: true (every port a container opens is a host port; set allowHostNetwork to accept it)".to_owned());
         }
@@ -138,7 +138,7 @@ impl Ports {
             let Some(ports) = c.ports else {
                 continue;
             };
-            for p in ports.items() {
+            for p in ports.iter_items() {
                 let [protocol, container_port, host_port_raw] =
                     p.fields(["protocol", "containerPort", "hostPort"]);
                 let protocol = protocol.and_then(Raw::as_str);
@@ -151,7 +151,7 @@ impl Ports {
                 if let (Some(allowed), Some(port)) = (&self.container_ports, container_port)
                     && !allowed.iter().any(|r| r.contains(port))
                 {
-                    problems.push(format!("{} containerPort {port}/{protocol}", c.label()));
+                    problems.push_with(|| format!("{} containerPort {port}/{protocol}", c.label()));
                 }
                 if let (Some(allowed), Some(port)) = (&self.host_ports, host_port)
                     && !allowed.iter().any(|r| r.contains(port))
@@ -161,7 +161,7 @@ impl Ports {
                     } else {
                         ""
                     };
-                    problems.push(format!("{} hostPort {port}/{protocol}{how}", c.label()));
+                    problems.push_with(|| format!("{} hostPort {port}/{protocol}{how}", c.label()));
                 }
             }
         }
@@ -178,7 +178,7 @@ impl Ports {
         Outcome::Violation(format!(
             "{}: {} not allowed; policy {policy} allows {}",
             describe_object(req),
-            join_and(&problems),
+            problems.join_and(),
             allowed.join(" and "),
         ))
     }

@@ -37,79 +37,86 @@ impl Quantity {
 
     /// Parses `text`; the error says what is wrong with it.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("`{text}` is not a Kubernetes quantity: {why}");
-        if text.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        let (negative, rest) = match text.as_bytes()[0] {
-            b'-' => (true, &text[1..]),
-            b'+' => (false, &text[1..]),
-            _ => (false, text),
-        };
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, suffix) = rest.split_at(num_len);
-        let (int_part, frac_part) = match number.split_once('.') {
-            Some((i, f)) => (i, f),
-            None => (number, ""),
-        };
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(bad("it has no digits before the unit"));
-        }
-        if frac_part.contains('.') {
-            return Err(bad("it has more than one decimal point"));
-        }
-        let digits: String = format!("{int_part}{frac_part}");
-        let significant = digits.trim_start_matches('0');
-        if significant.len() > MAX_DIGITS {
-            return Err(bad("it has too many digits"));
-        }
-        let mantissa: i128 = if significant.is_empty() {
-            0
-        } else {
-            significant
-                .parse()
-                .map_err(|_| bad("it has too many digits"))?
-        };
-        let frac_digits = i32::try_from(frac_part.len()).map_err(|_| bad("it is too long"))?;
-        let (pow10, pow1024) = suffix_powers(suffix).ok_or_else(|| {
-            bad("the unit must be one of n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3")
-        })?;
-        // value = mantissa × 10^(pow10 − frac_digits) × 1024^pow1024; held in units of 10^-9.
-        let exp10 = pow10 - frac_digits + 9;
-        let too_large = || bad("it is too large");
-        let mut nanos = mantissa;
-        for _ in 0..pow1024 {
-            nanos = nanos.checked_mul(1024).ok_or_else(too_large)?;
-        }
-        nanos = if exp10 >= 0 {
-            let factor = u32::try_from(exp10)
-                .ok()
-                .and_then(|e| 10i128.checked_pow(e))
-                .ok_or_else(too_large)?;
-            nanos.checked_mul(factor).ok_or_else(too_large)?
-        } else {
-            // Smaller than a nano-unit: round up to the next whole nano-unit.
-            match u32::try_from(-exp10)
-                .ok()
-                .and_then(|e| 10i128.checked_pow(e))
-            {
-                Some(divisor) => {
-                    let q = nanos / divisor;
-                    if nanos % divisor == 0 { q } else { q + 1 }
-                }
-                None => i128::from(nanos != 0),
-            }
-        };
-        if negative {
-            nanos = -nanos;
-        }
         Ok(Self {
-            nanos,
+            nanos: parse_nanos(text)?,
             text: text.to_owned(),
         })
     }
+}
+
+/// The value of the quantity `text` in nano-units, without allocating unless it is invalid
+/// (the error says what is wrong with it).
+pub(crate) fn parse_nanos(text: &str) -> Result<i128, String> {
+    let bad = |why: &str| format!("`{text}` is not a Kubernetes quantity: {why}");
+    if text.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let (negative, rest) = match text.as_bytes()[0] {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let num_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (number, suffix) = rest.split_at(num_len);
+    let (int_part, frac_part) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return Err(bad("it has no digits before the unit"));
+    }
+    if frac_part.contains('.') {
+        return Err(bad("it has more than one decimal point"));
+    }
+    // The digits of both parts as one whole number, leading zeros dropped.
+    let mut mantissa: i128 = 0;
+    let mut significant = 0usize;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        if significant == 0 && b == b'0' {
+            continue;
+        }
+        significant += 1;
+        if significant > MAX_DIGITS {
+            return Err(bad("it has too many digits"));
+        }
+        mantissa = mantissa * 10 + i128::from(b - b'0');
+    }
+    let frac_digits = i32::try_from(frac_part.len()).map_err(|_| bad("it is too long"))?;
+    let (pow10, pow1024) = suffix_powers(suffix).ok_or_else(|| {
+        bad("the unit must be one of n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3")
+    })?;
+    // value = mantissa × 10^(pow10 − frac_digits) × 1024^pow1024; held in units of 10^-9.
+    let exp10 = pow10 - frac_digits + 9;
+    let too_large = || bad("it is too large");
+    let mut nanos = mantissa;
+    for _ in 0..pow1024 {
+        nanos = nanos.checked_mul(1024).ok_or_else(too_large)?;
+    }
+    nanos = if exp10 >= 0 {
+        let factor = u32::try_from(exp10)
+            .ok()
+            .and_then(|e| 10i128.checked_pow(e))
+            .ok_or_else(too_large)?;
+        nanos.checked_mul(factor).ok_or_else(too_large)?
+    } else {
+        // Smaller than a nano-unit: round up to the next whole nano-unit.
+        match u32::try_from(-exp10)
+            .ok()
+            .and_then(|e| 10i128.checked_pow(e))
+        {
+            Some(divisor) => {
+                let q = nanos / divisor;
+                if nanos % divisor == 0 { q } else { q + 1 }
+            }
+            None => i128::from(nanos != 0),
+        }
+    };
+    if negative {
+        nanos = -nanos;
+    }
+    Ok(nanos)
 }
 
 /// The powers of ten and of 1024 a suffix stands for.

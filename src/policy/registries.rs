@@ -2,8 +2,8 @@
 //! ephemeralContainers) of a Pod or pod template comes from an allowed registry or repository
 //! prefix, optionally pinned by digest.
 //!
-//! Images are parsed with `oci-spec`'s reference parser, which follows the
-//! distribution/reference grammar and its normalisation: a first path component without a `.`
+//! Images are parsed by hand (`exempt::ImageRef`, borrowing from the image, tested against
+//! `oci-spec`'s regex parser) with the distribution/reference grammar and its normalisation: a first path component without a `.`
 //! or `:` that is not `localhost` is not a registry, so `nginx` is `docker.io/library/nginx`,
 //! `team/app` is `docker.io/team/app`, and `index.docker.io` is `docker.io`. Matching is on
 //! the parsed parts, never on the string: the registry host (with its port) must be equal, and
@@ -11,11 +11,10 @@
 //! `myregistry.io.evil.com/app` and `myregistry.io:5000/app` do not pass for `myregistry.io`,
 //! and `ghcr.io/acme-evil/app` does not pass for `ghcr.io/acme`.
 
-use oci_spec::distribution::Reference;
 use serde::Deserialize;
 
-use super::exempt::ExemptImages;
-use super::podspec::join_and;
+use super::exempt::{ExemptImages, ImageRef, RefError};
+use super::podspec::Findings;
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::Review;
 use crate::admission::describe_object;
@@ -35,6 +34,9 @@ pub struct Registries {
     exempt_images: ExemptImages,
     #[serde(skip)]
     prefixes: Vec<Prefix>,
+    /// Whether some entry is an exact image.
+    #[serde(skip)]
+    any_pin: bool,
 }
 
 /// One allowed registry or repository prefix, normalised.
@@ -118,12 +120,12 @@ impl Prefix {
                 "`{text}` is an exact image and must start with its registry host (for Docker Hub write docker.io/library/… or docker.io/<user>/…)"
             ));
         }
-        let r = Reference::try_from(text).map_err(|e| {
+        let r = ImageRef::parse(text).map_err(|e| {
             format!("`{text}` is not a valid image reference ({e}); write a registry host, a repository prefix or an exact image such as ghcr.io/acme/web:1.2")
         })?;
         Ok(Self {
             registry: r.registry().to_ascii_lowercase(),
-            path: r.repository().to_owned(),
+            path: r.repository().to_string(),
             pin: Some(Pin {
                 tag: r.tag().map(str::to_owned),
                 digest: r.digest().map(str::to_owned),
@@ -131,14 +133,14 @@ impl Prefix {
         })
     }
 
-    fn allows(&self, image: &Reference) -> bool {
+    fn allows(&self, image: &ImageRef<'_>) -> bool {
         if !image.registry().eq_ignore_ascii_case(&self.registry) {
             return false;
         }
         if let Some(pin) = &self.pin {
             // An exact entry: same repository, and the image pulled is the pinned one. A tag
             // entry does not cover a digest the entry does not name (the digest wins on pull).
-            return image.repository() == self.path
+            return image.repository_is(&self.path)
                 && match (&pin.digest, image.digest()) {
                     (Some(want), Some(got)) => want == got,
                     (Some(_), None) => false,
@@ -148,11 +150,7 @@ impl Prefix {
         if self.path.is_empty() {
             return true;
         }
-        let repo = image.repository();
-        repo == self.path
-            || repo
-                .strip_prefix(self.path.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
+        image.repository_under(&self.path)
     }
 }
 
@@ -188,46 +186,30 @@ impl Registries {
             .map(|(i, a)| Prefix::parse(a).map_err(|e| format!("params.allowed[{i}]: {e}")))
             .collect::<Result<_, _>>()?;
         self.exempt_images.validate("params.exemptImages")?;
-        // The reference parser compiles its (large) grammar regex on first use: about 47 ms in
-        // a release build, against about 3 µs per image afterwards. Pay it at load, not on the
-        // first admission.
-        let _ = Reference::try_from("docker.io/library/busybox:latest");
+        self.any_pin = self.prefixes.iter().any(|p| p.pin.is_some());
         Ok(())
     }
 
-    /// Why `image` is not acceptable, or `None` when it is.
-    fn judge(&self, image: &str) -> Option<String> {
-        if is_image_id(image) {
-            return Some(format!(
-                "image `{image}` is an image ID, not a pullable registry/repository[:tag][@digest] reference (the node would run whatever image it has cached under that ID)"
-            ));
+    /// Why `image` is not acceptable (an exempt image is).
+    fn judge<'i>(&self, image: &'i str) -> Result<(), Problem<'i>> {
+        let parsed = ImageRef::parse(image);
+        if let Ok(r) = &parsed
+            && !self.exempt_images.is_empty()
+            && self.exempt_images.covers_ref(r)
+        {
+            return Ok(());
         }
-        let reference = match Reference::try_from(image) {
-            Ok(r) => r,
-            Err(e) => {
-                return Some(format!(
-                    "image `{image}` is not a valid image reference ({e})"
-                ));
-            }
-        };
+        if is_image_id(image) {
+            return Err(Problem::ImageId);
+        }
+        let reference = parsed.map_err(Problem::Invalid)?;
         if !self.prefixes.iter().any(|p| p.allows(&reference)) {
-            let what = if self.prefixes.iter().any(|p| p.pin.is_some()) {
-                "is neither from an allowed registry nor an allowed image"
-            } else {
-                "is not from an allowed registry"
-            };
-            return Some(format!(
-                "image `{image}` ({}/{}) {what}",
-                reference.registry(),
-                reference.repository()
-            ));
+            return Err(Problem::NotAllowed(reference, self.any_pin));
         }
         if self.require_digest && reference.digest().is_none() {
-            return Some(format!(
-                "image `{image}` is not pinned by digest (@sha256:…)"
-            ));
+            return Err(Problem::NoDigest);
         }
-        None
+        Ok(())
     }
 
     /// Evaluates every container image of the request's Pod or pod template.
@@ -235,18 +217,20 @@ impl Registries {
         let Some(template) = req.pod_template() else {
             return Outcome::Pass;
         };
-        let mut problems = Vec::new();
+        let mut problems = Findings::new();
         for c in template.containers() {
-            if self.exempt_images.covers(c.image()) {
-                continue;
-            }
             let problem = match c.image() {
-                Some(image) => self.judge(image),
-                None => Some("has no image".to_owned()),
+                Some(image) => match self.judge(image) {
+                    Ok(()) => continue,
+                    Err(p) => Some((image, p)),
+                },
+                // A container without an image is never exempt.
+                None => None,
             };
-            if let Some(p) = problem {
-                problems.push(format!("{} {p}", c.label()));
-            }
+            problems.push_with(|| match problem {
+                Some((image, p)) => format!("{} image `{image}` {p}", c.label()),
+                None => format!("{} has no image", c.label()),
+            });
         }
         if problems.is_empty() {
             return Outcome::Pass;
@@ -260,9 +244,38 @@ impl Registries {
         Outcome::Violation(format!(
             "{}: {}; policy {policy} allows images only from {}{digest}",
             describe_object(req),
-            join_and(&problems),
+            problems.join_and(),
             allowed.join(", "),
         ))
+    }
+}
+
+/// What is wrong with one image.
+enum Problem<'a> {
+    ImageId,
+    Invalid(RefError),
+    /// The parsed image, and whether the policy has exact image entries.
+    NotAllowed(ImageRef<'a>, bool),
+    NoDigest,
+}
+
+impl std::fmt::Display for Problem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::ImageId => f.write_str(
+                "is an image ID, not a pullable registry/repository[:tag][@digest] reference (the node would run whatever image it has cached under that ID)",
+            ),
+            Problem::Invalid(e) => write!(f, "is not a valid image reference ({e})"),
+            Problem::NotAllowed(r, any_pin) => {
+                let what = if *any_pin {
+                    "is neither from an allowed registry nor an allowed image"
+                } else {
+                    "is not from an allowed registry"
+                };
+                write!(f, "({}/{}) {what}", r.registry(), r.repository())
+            }
+            Problem::NoDigest => f.write_str("is not pinned by digest (@sha256:…)"),
+        }
     }
 }
 
@@ -270,10 +283,15 @@ impl Registries {
 /// `sha256:<hex>` (the algorithm prefix with any length of hex) or a bare 64-hex ID.
 fn is_image_id(image: &str) -> bool {
     let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let lower = image.to_ascii_lowercase();
-    match lower.split_once(':') {
-        Some((algo, rest)) if !algo.contains('/') && algo.starts_with("sha") => hex(rest),
-        _ => lower.len() == 64 && hex(&lower),
+    match image.split_once(':') {
+        Some((algo, rest))
+            if !algo.contains('/')
+                && algo.len() >= 3
+                && algo.as_bytes()[..3].eq_ignore_ascii_case(b"sha") =>
+        {
+            hex(rest)
+        }
+        _ => image.len() == 64 && hex(image),
     }
 }
 
@@ -304,6 +322,7 @@ mod tests {
             require_digest,
             exempt_images: ExemptImages::default(),
             prefixes: Vec::new(),
+            any_pin: false,
         };
         r.validate().unwrap();
         r
@@ -450,6 +469,7 @@ mod tests {
             require_digest: false,
             exempt_images: ExemptImages::default(),
             prefixes: Vec::new(),
+            any_pin: false,
         };
         let err = r.validate().unwrap_err();
         assert!(err.contains(expected), "{err}");

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::exempt::ExemptImages;
-use super::podspec::{Container, Section, join_and};
-use super::quantity::Quantity;
+use super::podspec::{Container, Findings, Section, join_and};
+use super::quantity::{Quantity, parse_nanos};
 use super::{Check, Eval, EvalCtx, Outcome, Params};
 use crate::admission::describe_object;
 use crate::admission::{Raw, Review};
@@ -118,16 +118,23 @@ impl Resources {
     }
 
     /// The container's value for `name` in `which`, with requests falling back to limits.
-    fn value<'a>(c: &Container<'a>, which: Which, name: &str) -> Option<Raw<'a>> {
-        let resources = c.resources?;
-        let get = |w: Which| resources.get(w.field()).and_then(|m| m.get(name));
+    fn value<'a>(
+        [requests, limits]: [Option<Raw<'a>>; 2],
+        which: Which,
+        name: &str,
+    ) -> Option<Raw<'a>> {
+        let get = |m: Option<Raw<'a>>| m.and_then(|m| m.get(name));
         match which {
-            Which::Limits => get(Which::Limits),
-            Which::Requests => get(Which::Requests).or_else(|| get(Which::Limits)),
+            Which::Limits => get(limits),
+            Which::Requests => get(requests).or_else(|| get(limits)),
         }
     }
 
-    fn check_container(&self, c: &Container<'_>, problems: &mut Vec<String>) {
+    fn check_container(&self, c: &Container<'_>, problems: &mut Findings) {
+        let maps = match c.resources {
+            Some(r) => r.fields(["requests", "limits"]),
+            None => [None, None],
+        };
         let mut missing = Vec::new();
         let mut over = Vec::new();
         for (which, rules) in [
@@ -135,22 +142,22 @@ impl Resources {
             (Which::Limits, &self.limits),
         ] {
             for name in &rules.required {
-                if Self::value(c, which, name).is_none_or(Raw::is_null) {
-                    missing.push(format!("{name} {}", which.singular()));
+                if Self::value(maps, which, name).is_none_or(Raw::is_null) {
+                    missing.push((name.as_str(), which));
                 }
             }
             for (name, max) in &rules.max {
-                let Some(raw) = Self::value(c, which, name) else {
+                let Some(raw) = Self::value(maps, which, name) else {
                     continue;
                 };
                 let text = match raw.as_str() {
-                    Some(s) => s.into_owned(),
+                    Some(s) => s,
                     None if raw.is_null() => continue,
-                    None => raw.to_value().to_string(),
+                    None => raw.to_value().to_string().into(),
                 };
-                match Quantity::parse(&text) {
-                    Ok(q) if q > *max => {
-                        over.push(format!("{name} {} {q} is above {max}", which.singular()))
+                match parse_nanos(&text) {
+                    Ok(n) if n > max.nanos() => {
+                        over.push(format!("{name} {} {text} is above {max}", which.singular()))
                     }
                     Ok(_) => {}
                     Err(e) => over.push(format!("{name} {}: {e}", which.singular())),
@@ -158,10 +165,16 @@ impl Resources {
             }
         }
         if !missing.is_empty() {
-            problems.push(format!("{} has no {}", c.label(), join_and(&missing)));
+            problems.push_with(|| {
+                let missing: Vec<String> = missing
+                    .iter()
+                    .map(|(name, which)| format!("{name} {}", which.singular()))
+                    .collect();
+                format!("{} has no {}", c.label(), join_and(&missing))
+            });
         }
         if !over.is_empty() {
-            problems.push(format!("{}: {}", c.label(), join_and(&over)));
+            problems.push_with(|| format!("{}: {}", c.label(), join_and(&over)));
         }
     }
 
@@ -196,12 +209,12 @@ impl Resources {
         let Some(template) = req.pod_template() else {
             return Outcome::Pass;
         };
-        let mut problems = Vec::new();
+        let mut problems = Findings::new();
         for c in template.containers_in(&SECTIONS) {
             if self.exempt_images.covers(c.image()) {
                 continue;
             }
-            self.check_container(c, &mut problems);
+            self.check_container(&c, &mut problems);
         }
         if problems.is_empty() {
             return Outcome::Pass;
@@ -209,7 +222,7 @@ impl Resources {
         Outcome::Violation(format!(
             "{}: {}; policy {policy} requires {}",
             describe_object(req),
-            problems.join(", "),
+            problems.join_commas(),
             self.requirement()
         ))
     }
