@@ -167,9 +167,8 @@ struct GuardInner {
 /// deadline, the body read whole (within its size limit, budget and minimum rate) and the
 /// handler.
 async fn guarded(State(Guard(g)): State<Guard>, req: Request, next: Next) -> Response {
-    let _permit = match g.limit.admit() {
-        Ok(p) => p,
-        Err(refused) => return refused,
+    let Some(_permit) = g.limit.admit() else {
+        return g.limit.refuse();
     };
     let limit = request_deadline(g.max_deadline, req.uri().query());
     match tokio::time::timeout(limit, read_body(&g.reader, req, next)).await {

@@ -41,15 +41,18 @@ impl RequestLimit {
 }
 
 impl RequestLimit {
-    /// A place among the requests in progress, or the 503 to answer at once.
-    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            self.metrics.reject("request_limit");
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many requests in progress",
-            )
-        })
+    /// A place among the requests in progress, if one is free.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// The 503 for a request that found no place, counted as `request_limit`.
+    pub fn refuse(&self) -> Response {
+        self.metrics.reject("request_limit");
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in progress",
+        )
     }
 }
 
