@@ -1,7 +1,7 @@
 //! The review's object as CEL values converted on demand from its JSON text.
 //!
 //! A [`LazyMap`] or [`LazyList`] stands for one JSON object or array of a document held once
-//! per review (`Arc<[u8]>`, shared by every CEL policy judging it). Nothing is converted until
+//! per review (`Arc<Doc>`, shared by every CEL policy judging it). Nothing is converted until
 //! an expression reaches it: selecting a field scans the members of that map once (skipping
 //! their values without building them) into an index of keys and value ranges, and converts
 //! only the value selected (a nested object or array becomes another lazy value, a scalar its
@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ::cel::ExecutionError;
@@ -53,9 +54,45 @@ pub(crate) struct Hint {
     pub(crate) children: Vec<Hint>,
 }
 
+/// Values converted out of one object at most (members and items of every level indexed, in
+/// all the CEL policies judging a review). Each takes about 100–300 bytes once converted, so
+/// this bounds the conversion of a hostile object (a 7 MiB array of a million `{"":0}`) at
+/// tens of MiB; past it the evaluation stops as over its cost budget and the policy's
+/// failurePolicy answers. Objects the API server stores (at most ~1.5 MiB) hold far fewer.
+pub(crate) const MAX_CONVERTED: usize = 200_000;
+
+/// One object's JSON text, and how many of its values have been converted.
+pub(crate) struct Doc {
+    bytes: Box<[u8]>,
+    converted: AtomicUsize,
+}
+
+impl std::ops::Deref for Doc {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Doc {
+    /// Counts `n` more converted values; false (and the evaluation's budget spent) past
+    /// [`MAX_CONVERTED`].
+    fn convert_more(&self, n: usize) -> bool {
+        let before = self.converted.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > MAX_CONVERTED {
+            charge(u64::MAX);
+            return false;
+        }
+        true
+    }
+}
+
 /// `checked`: the text is known to be one JSON value (no scan for its end).
-fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<[u8]>, Owned), String> {
-    let doc: Arc<[u8]> = Arc::from(bytes);
+fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<Doc>, Owned), String> {
+    let doc = Arc::new(Doc {
+        bytes: bytes.into(),
+        converted: AtomicUsize::new(0),
+    });
     let start = ws(&doc, 0);
     let end = if checked {
         doc.len()
@@ -171,7 +208,7 @@ fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
 
 /// The CEL value of the JSON value `doc[start..end]`, as the API server converts unstructured
 /// objects: integers as `int`, other numbers as `double`, objects and arrays lazily.
-fn convert(doc: &Arc<[u8]>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
+fn convert(doc: &Arc<Doc>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
     let b: &[u8] = doc;
     Some(match *b.get(start)? {
         b'{' => Box::new(LazyMap(Arc::new(MapNode {
@@ -251,7 +288,7 @@ struct MapIndex {
 }
 
 struct MapNode {
-    doc: Arc<[u8]>,
+    doc: Arc<Doc>,
     start: usize,
     end: usize,
     hinted: Vec<(Hint, OnceLock<Option<Owned>>)>,
@@ -303,6 +340,9 @@ impl MapNode {
                 }
                 let start = ws(b, i + 1);
                 let end = value_end(b, start)?;
+                if entries.len() % 1024 == 1023 && !self.doc.convert_more(1024) {
+                    return None;
+                }
                 entries.push(Entry {
                     key,
                     start,
@@ -316,6 +356,9 @@ impl MapNode {
                     _ => return None,
                 }
             }
+        }
+        if !self.doc.convert_more(entries.len() % 1024) {
+            return None;
         }
         charge(entries.len().max(1) as u64);
         // The last of duplicate keys wins, as everywhere in Kubernetes.
@@ -578,7 +621,7 @@ impl StaticVal for LazyMap {}
 // ---------------------------------------------------------------------------------------------
 
 struct ListNode {
-    doc: Arc<[u8]>,
+    doc: Arc<Doc>,
     start: usize,
     end: usize,
     items: OnceLock<Option<CelList<'static>>>,
@@ -607,6 +650,9 @@ impl ListNode {
         let mut i = ws(b, self.start + 1);
         if *b.get(i)? != b']' {
             loop {
+                if items.len() % 1024 == 1023 && !self.doc.convert_more(1024) {
+                    return None;
+                }
                 let end = value_end(b, i)?;
                 items.push(convert(&self.doc, i, end, Vec::new())?);
                 i = ws(b, end);
@@ -616,6 +662,9 @@ impl ListNode {
                     _ => return None,
                 }
             }
+        }
+        if !self.doc.convert_more(items.len() % 1024) {
+            return None;
         }
         charge(items.len().max(1) as u64);
         Some(CelList::from(items))
@@ -768,7 +817,7 @@ impl StaticVal for LazyList {}
 
 /// A converted object and the policies that have used it.
 struct Slot {
-    doc: Arc<[u8]>,
+    doc: Arc<Doc>,
     root: Owned,
     users: Vec<usize>,
 }
@@ -789,14 +838,14 @@ thread_local! {
 pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result<Owned, String> {
     SCRATCH.with(|scratch| {
         let mut slots = scratch.borrow_mut();
-        if let Some(slot) = slots.iter_mut().find(|s| *s.doc == *bytes)
+        if let Some(slot) = slots.iter_mut().find(|s| **s.doc == *bytes)
             && !slot.users.contains(&user)
         {
             slot.users.push(user);
             return Ok(slot.root.clone_as_boxed());
         }
         let (doc, root) = root_of(bytes, hints, true)?;
-        slots.retain(|s| *s.doc != *bytes);
+        slots.retain(|s| **s.doc != *bytes);
         if slots.len() >= SLOTS {
             slots.remove(0);
         }
@@ -906,6 +955,38 @@ mod tests {
         let l = get(root.as_ref(), "l").unwrap();
         let plain = super::super::value::from_json(br#"[{"k": 1}]"#).unwrap();
         assert!(l.equals(plain.as_ref()) && plain.equals(&*l));
+    }
+
+    #[test]
+    fn an_object_converts_at_most_max_converted_values() {
+        let list = |n: usize| {
+            let items = vec!["{\"\":0}"; n].join(",");
+            format!("{{\"a\": [{items}], \"b\": [{items}]}}").into_bytes()
+        };
+        // Under the cap: both lists convert.
+        let half = MAX_CONVERTED / 2 - 10;
+        let text = list(half);
+        let r = root(&text).unwrap();
+        for key in ["a", "b"] {
+            let l = get(r.as_ref(), key).unwrap();
+            assert_eq!(*l.as_sizer().unwrap().size().inner(), half as i64);
+        }
+        // Over it, counted across the object's levels: the second list is refused.
+        let text = list(MAX_CONVERTED / 2 + 10);
+        let r = root(&text).unwrap();
+        let a = get(r.as_ref(), "a").unwrap();
+        assert!(a.downcast_ref::<LazyList>().unwrap().0.items().is_some());
+        let b = get(r.as_ref(), "b").unwrap();
+        assert!(b.downcast_ref::<LazyList>().unwrap().0.items().is_none());
+        // A single level past the cap is refused before it is all converted.
+        let keys: Vec<String> = (0..MAX_CONVERTED + 1)
+            .map(|i| format!("\"k{i}\":0"))
+            .collect();
+        let text = format!("{{\"m\": {{{}}}}}", keys.join(","));
+        let r = root(text.as_bytes()).unwrap();
+        let m = get(r.as_ref(), "m").unwrap();
+        assert!(m.downcast_ref::<LazyMap>().unwrap().0.index.get().is_none());
+        assert!(get(&*m, "k1").is_err());
     }
 
     #[test]
