@@ -54,12 +54,21 @@ pub(crate) struct Hint {
     pub(crate) children: Vec<Hint>,
 }
 
-/// Values converted out of one object at most (members and items of every level indexed, in
-/// all the CEL policies judging a review). Each takes about 100–300 bytes once converted, so
-/// this bounds the conversion of a hostile object (a 7 MiB array of a million `{"":0}`) at
-/// tens of MiB; past it the evaluation stops as over its cost budget and the policy's
-/// failurePolicy answers. Objects the API server stores (at most ~1.5 MiB) hold far fewer.
-pub(crate) const MAX_CONVERTED: usize = 200_000;
+/// Memory the values converted out of one object may take at most, as [`weight`] estimates
+/// it (members and items of every level indexed, in all the CEL policies judging a review).
+/// This bounds the conversion of a hostile object (a 7 MiB array of a million `{"":0}` took
+/// 319 MiB before); past it the evaluation stops as over its cost budget and the policy's
+/// failurePolicy answers. An object the API server stores (at most ~1.5 MiB) stays far below.
+pub(crate) const MAX_CONVERTED: usize = 48 * 1024 * 1024;
+
+/// The memory one member or item `b[start..end]` takes once converted, estimated: a map or
+/// list level about 256 bytes before its own members, a scalar its text plus about 48.
+fn weight(b: &[u8], start: usize, end: usize) -> usize {
+    match b.get(start) {
+        Some(b'{' | b'[') => 256,
+        _ => 48 + end.saturating_sub(start),
+    }
+}
 
 /// One object's JSON text, and how many of its values have been converted.
 pub(crate) struct Doc {
@@ -75,8 +84,8 @@ impl std::ops::Deref for Doc {
 }
 
 impl Doc {
-    /// Counts `n` more converted values; false (and the evaluation's budget spent) past
-    /// [`MAX_CONVERTED`].
+    /// Counts `n` more bytes of converted values; false (and the evaluation's budget spent)
+    /// past [`MAX_CONVERTED`].
     fn convert_more(&self, n: usize) -> bool {
         let before = self.converted.fetch_add(n, Ordering::Relaxed);
         if before.saturating_add(n) > MAX_CONVERTED {
@@ -322,6 +331,7 @@ impl MapNode {
     fn scan(&self) -> Option<MapIndex> {
         let b: &[u8] = &self.doc;
         let mut entries = Vec::new();
+        let mut pending = 0;
         let mut i = ws(b, self.start + 1);
         if *b.get(i)? != b'}' {
             loop {
@@ -340,9 +350,13 @@ impl MapNode {
                 }
                 let start = ws(b, i + 1);
                 let end = value_end(b, start)?;
-                if entries.len() % 1024 == 1023 && !self.doc.convert_more(1024) {
+                if entries.len() % 1024 == 1023
+                    && !self.doc.convert_more(std::mem::take(&mut pending))
+                {
                     return None;
                 }
+                // The entry, and its value once an expression reaches it.
+                pending += 64 + weight(b, start, end);
                 entries.push(Entry {
                     key,
                     start,
@@ -357,7 +371,7 @@ impl MapNode {
                 }
             }
         }
-        if !self.doc.convert_more(entries.len() % 1024) {
+        if !self.doc.convert_more(pending) {
             return None;
         }
         charge(entries.len().max(1) as u64);
@@ -648,12 +662,16 @@ impl ListNode {
         let b: &[u8] = &self.doc;
         let mut items: Vec<Owned> = Vec::new();
         let mut i = ws(b, self.start + 1);
+        let mut pending = 0;
         if *b.get(i)? != b']' {
             loop {
-                if items.len() % 1024 == 1023 && !self.doc.convert_more(1024) {
+                if items.len() % 1024 == 1023
+                    && !self.doc.convert_more(std::mem::take(&mut pending))
+                {
                     return None;
                 }
                 let end = value_end(b, i)?;
+                pending += weight(b, i, end);
                 items.push(convert(&self.doc, i, end, Vec::new())?);
                 i = ws(b, end);
                 match *b.get(i)? {
@@ -663,7 +681,7 @@ impl ListNode {
                 }
             }
         }
-        if !self.doc.convert_more(items.len() % 1024) {
+        if !self.doc.convert_more(pending) {
             return None;
         }
         charge(items.len().max(1) as u64);
@@ -959,34 +977,40 @@ mod tests {
 
     #[test]
     fn an_object_converts_at_most_max_converted_values() {
+        // `{"":0}` items weigh 256 bytes each: lists of n of them under two keys.
         let list = |n: usize| {
             let items = vec!["{\"\":0}"; n].join(",");
             format!("{{\"a\": [{items}], \"b\": [{items}]}}").into_bytes()
         };
-        // Under the cap: both lists convert.
-        let half = MAX_CONVERTED / 2 - 10;
-        let text = list(half);
+        let per_list = MAX_CONVERTED / 256 / 2;
+        // Under the bound: both lists convert.
+        let text = list(per_list - 10);
         let r = root(&text).unwrap();
         for key in ["a", "b"] {
             let l = get(r.as_ref(), key).unwrap();
-            assert_eq!(*l.as_sizer().unwrap().size().inner(), half as i64);
+            assert_eq!(
+                *l.as_sizer().unwrap().size().inner(),
+                (per_list - 10) as i64
+            );
         }
         // Over it, counted across the object's levels: the second list is refused.
-        let text = list(MAX_CONVERTED / 2 + 10);
+        let text = list(per_list + 10);
         let r = root(&text).unwrap();
         let a = get(r.as_ref(), "a").unwrap();
         assert!(a.downcast_ref::<LazyList>().unwrap().0.items().is_some());
         let b = get(r.as_ref(), "b").unwrap();
         assert!(b.downcast_ref::<LazyList>().unwrap().0.items().is_none());
-        // A single level past the cap is refused before it is all converted.
-        let keys: Vec<String> = (0..MAX_CONVERTED + 1)
+        // A single map level past the bound is refused.
+        let keys: Vec<String> = (0..MAX_CONVERTED / 64)
             .map(|i| format!("\"k{i}\":0"))
             .collect();
         let text = format!("{{\"m\": {{{}}}}}", keys.join(","));
         let r = root(text.as_bytes()).unwrap();
         let m = get(r.as_ref(), "m").unwrap();
-        assert!(m.downcast_ref::<LazyMap>().unwrap().0.index.get().is_none());
         assert!(get(&*m, "k1").is_err());
+        // A small object is far below it.
+        let r = root(br#"{"a": [1, 2, {"b": "c"}]}"#).unwrap();
+        assert!(get(r.as_ref(), "a").unwrap().as_sizer().is_some());
     }
 
     #[test]
