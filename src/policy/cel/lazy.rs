@@ -59,7 +59,7 @@ pub(crate) struct Hint {
 /// This bounds the conversion of a hostile object (a 7 MiB array of a million `{"":0}` took
 /// 319 MiB before); past it the evaluation stops as over its cost budget and the policy's
 /// failurePolicy answers. An object the API server stores (at most ~1.5 MiB) stays far below.
-pub(crate) const MAX_CONVERTED: usize = 48 * 1024 * 1024;
+pub(crate) const MAX_CONVERTED: usize = 32 * 1024 * 1024;
 
 /// The memory one member or item `b[start..end]` takes once converted, estimated: a map or
 /// list level about 256 bytes before its own members, a scalar its text plus about 48.
