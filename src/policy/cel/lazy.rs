@@ -273,6 +273,45 @@ fn number(t: &str) -> Option<Owned> {
         .map(|d| Box::new(CelDouble::from(d)) as Owned)
 }
 
+/// The `Val` accessors a lazy map and a lazy list answer alike: each is its own container,
+/// indexer, iterable, sizer and zeroer.
+macro_rules! lazy_accessors {
+    () => {
+        fn as_container(&self) -> Option<&dyn Container> {
+            Some(self)
+        }
+
+        fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+        where
+            Self: 'w,
+        {
+            Some(self)
+        }
+
+        fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+        where
+            Self: 'w,
+        {
+            Some(self)
+        }
+
+        fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
+        where
+            Self: 'w,
+        {
+            Some(self)
+        }
+
+        fn as_sizer(&self) -> Option<&dyn Sizer> {
+            Some(self)
+        }
+
+        fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+            Some(self)
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Maps
 // ---------------------------------------------------------------------------------------------
@@ -541,38 +580,7 @@ impl Val for LazyMap {
         &MAP_TYPE
     }
 
-    fn as_container(&self) -> Option<&dyn Container> {
-        Some(self)
-    }
-
-    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn as_sizer(&self) -> Option<&dyn Sizer> {
-        Some(self)
-    }
-
-    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
-        Some(self)
-    }
+    lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
         if let Some(o) = other.downcast_ref::<LazyMap>()
@@ -755,38 +763,7 @@ impl Val for LazyList {
         self.0.items_or_empty().as_adder()
     }
 
-    fn as_container(&self) -> Option<&dyn Container> {
-        Some(self)
-    }
-
-    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn as_iterable<'b, 'w>(&'b self) -> Option<&'b (dyn Iterable + 'w)>
-    where
-        Self: 'w,
-    {
-        Some(self)
-    }
-
-    fn as_sizer(&self) -> Option<&dyn Sizer> {
-        Some(self)
-    }
-
-    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
-        Some(self)
-    }
+    lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
         if let Some(o) = other.downcast_ref::<LazyList>()
