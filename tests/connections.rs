@@ -6,8 +6,10 @@
 //!
 //! Each attack test asserts outcomes first (0 errors for the legitimate load, what the attacker
 //! got, the counters) and then that the load's p99 stays within 2× its own baseline measured in
-//! the same test (plus 25 ms of scheduler slack: the machine running the tests is shared).
-//! Attack tests take turns (one lock) so they do not measure each other.
+//! the same test, plus 300 ms of slack: the harm an attack would do is a review waiting
+//! seconds (a body grace, a handshake timeout, the request deadline), while the machine running
+//! the tests is shared and its scheduling noise alone reaches tens of milliseconds. The tests
+//! of this file take turns (one lock) so they do not load each other's measurements.
 
 mod common;
 
@@ -26,7 +28,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
-/// Attack tests run one at a time.
+/// The tests of this file run one at a time: the attack tests compare latencies with a
+/// baseline, which another test's load on the same two cores would skew.
 static ONE_ATTACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LEGIT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -260,10 +263,15 @@ async fn assert_unharmed(name: &str, pool: &Arc<ApiClient>, fresh: &Arc<ApiClien
         fresh.dialed.load(Ordering::Relaxed) - fresh_before > 10,
         "{name}: new connections too"
     );
-    let bound = base.p99() * 2 + Duration::from_millis(25);
+    // The harm these attacks would do is measured in seconds: a review queued behind an
+    // attacker waits for the body-rate grace (1 s), the handshake timeout or the request
+    // deadline. The slack above twice the baseline is kept well below that but wide enough for
+    // a shared two-core machine's scheduling noise (a CI run saw 100 ms against a 27 ms
+    // baseline with nothing wrong), so the check fails on harm, not on a busy machine.
+    let bound = base.p99() * 2 + Duration::from_millis(300);
     assert!(
         under.p99() <= bound,
-        "{name}: p99 under attack {:?} above 2x the baseline {:?} (+25 ms)",
+        "{name}: p99 under attack {:?} above 2x the baseline {:?} (+300 ms)",
         under.p99(),
         base.p99()
     );
@@ -610,6 +618,7 @@ impl Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn requests_at_any_interval_never_meet_a_connection_closed_by_gatehouse() {
+    let _turn = ONE_ATTACK.lock().await;
     // One thread: the server's tasks log to the subscriber set here.
     let logs = Captured::default();
     let writer = logs.clone();
@@ -720,6 +729,7 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn idle_connections_on_the_health_and_token_ports_cannot_exhaust_descriptors() {
+    let _turn = ONE_ATTACK.lock().await;
     gatehouse::tls::install_default_provider();
     raise_own_open_file_limit();
     let dir = tempfile::tempdir().unwrap();
@@ -850,6 +860,7 @@ async fn idle_connections_on_the_health_and_token_ports_cannot_exhaust_descripto
 
 #[tokio::test]
 async fn handshakes_in_progress_are_capped_per_source_address() {
+    let _turn = ONE_ATTACK.lock().await;
     let s = TestServer::start_with(None, |c| {
         c.limits.max_handshakes_per_source = 2;
         c.limits.tls_handshake_timeout = Duration::from_secs(20);
