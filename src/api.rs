@@ -20,6 +20,7 @@ use crate::limits::{BodyBudget, BodyRate, BodyReader, RequestLimit, error_respon
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
+use crate::telemetry;
 
 /// Shared state of both listeners.
 #[derive(Clone)]
@@ -259,6 +260,17 @@ impl std::fmt::Display for LogPolicies<'_> {
     }
 }
 
+/// The operation as the log line names it (`Create`, as before the line was written by hand).
+fn operation_name(op: &kube::core::admission::Operation) -> &'static str {
+    use kube::core::admission::Operation;
+    match op {
+        Operation::Create => "Create",
+        Operation::Update => "Update",
+        Operation::Delete => "Delete",
+        Operation::Connect => "Connect",
+    }
+}
+
 async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req = match admission::decode(&body) {
@@ -297,19 +309,23 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
             counters.count(name, result);
         }
     }
-    tracing::info!(
-        uid = %req.uid,
-        kind = %req.kind.kind,
-        object = %LogObject(&req),
-        sub_resource = req.sub_resource.as_deref().unwrap_or(""),
-        operation = ?req.operation,
-        user = req.user_info.username.as_deref().unwrap_or(""),
-        dry_run = req.dry_run,
-        decision = label,
-        policies = %LogPolicies(&decision),
-        latency_us = elapsed.as_micros() as u64,
-        "admission"
-    );
+    if tracing::enabled!(tracing::Level::INFO) {
+        let fields = |l: &mut telemetry::Line<'_>| {
+            l.str("uid", &req.uid);
+            l.str("kind", &req.kind.kind);
+            l.display("object", LogObject(&req));
+            l.str("sub_resource", req.sub_resource.as_deref().unwrap_or(""));
+            l.str("operation", operation_name(&req.operation));
+            l.str("user", req.user_info.username.as_deref().unwrap_or(""));
+            l.bool("dry_run", req.dry_run);
+            l.str("decision", label);
+            l.display("policies", LogPolicies(&decision));
+            l.u64("latency_us", elapsed.as_micros() as u64);
+        };
+        if !telemetry::info_line(module_path!(), "admission", fields) {
+            tracing::info!("admission{}", telemetry::text_fields(fields));
+        }
+    }
     tracing::trace!(uid = %req.uid, object = req.object.as_ref().map_or("null", |o| o.raw.text()), "admission object");
     Ok(([(header::CONTENT_TYPE, "application/json")], encoded).into_response())
 }

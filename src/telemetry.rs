@@ -10,8 +10,9 @@
 //! used before, woke it for every line: about 2 µs of CPU per admission on the 2-core bench
 //! machine, see BENCHMARKS.md).
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub fn init(format: LogFormat) -> LogGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -43,7 +44,177 @@ pub fn init(format: LogFormat) -> LogGuard {
             .try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+    if installed.is_ok() {
+        let _ = DIRECT.set(Direct {
+            json: matches!(format, LogFormat::Json),
+            writer: guard.writer(),
+        });
+    }
     guard
+}
+
+/// Where [`info_line`] writes: the writer and format of the subscriber [`init`] installed.
+static DIRECT: OnceLock<Direct> = OnceLock::new();
+
+struct Direct {
+    json: bool,
+    writer: BatchedWriter,
+}
+
+thread_local! {
+    static LINE: RefCell<(Vec<u8>, String)> = const { RefCell::new((Vec::new(), String::new())) };
+}
+
+/// Writes one INFO line for `target` straight to the log writer, laid out as the installed
+/// subscriber lays out its own lines (text or JSON), with the fields `fields` adds. For the
+/// per-admission line: the subscriber's field visitors, `dyn` formatting and per-line
+/// allocations cost about 3 µs a line, this a fraction of it (BENCHMARKS.md). The caller checks
+/// `tracing::enabled!` first, so `RUST_LOG` still decides whether the line is written.
+///
+/// Returns false, writing nothing, when [`init`] did not install the global subscriber (tests
+/// and programs with a subscriber of their own): the caller then logs through `tracing`.
+pub fn info_line(target: &str, message: &str, fields: impl FnOnce(&mut Line<'_>)) -> bool {
+    let Some(direct) = DIRECT.get() else {
+        return false;
+    };
+    LINE.with_borrow_mut(|(buf, scratch)| {
+        buf.clear();
+        let mut line = Line {
+            buf,
+            scratch,
+            json: direct.json,
+        };
+        line.head(time::OffsetDateTime::now_utc(), target, message);
+        fields(&mut line);
+        line.tail(target);
+        let _ = (&direct.writer).write(buf);
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+            *scratch = String::new();
+        }
+    });
+    true
+}
+
+/// The fields `fields` adds, as a text line writes them after its message (each preceded by a
+/// space): for the callers of [`info_line`] to log through `tracing` when it returns false.
+pub fn text_fields(fields: impl FnOnce(&mut Line<'_>)) -> String {
+    let (mut buf, mut scratch) = (Vec::new(), String::new());
+    fields(&mut Line {
+        buf: &mut buf,
+        scratch: &mut scratch,
+        json: false,
+    });
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A log line being written by [`info_line`]: its fields, in order.
+pub struct Line<'b> {
+    buf: &'b mut Vec<u8>,
+    scratch: &'b mut String,
+    json: bool,
+}
+
+impl Line<'_> {
+    fn head(&mut self, now: time::OffsetDateTime, target: &str, message: &str) {
+        if self.json {
+            self.buf.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(self.buf, now);
+            self.buf
+                .extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
+            json_string(self.buf, message);
+        } else {
+            timestamp(self.buf, now);
+            self.buf.extend_from_slice(b"  INFO ");
+            self.buf.extend_from_slice(target.as_bytes());
+            self.buf.extend_from_slice(b": ");
+            self.buf.extend_from_slice(message.as_bytes());
+        }
+    }
+
+    fn tail(&mut self, target: &str) {
+        if self.json {
+            self.buf.extend_from_slice(b",\"target\":");
+            json_string(self.buf, target);
+            self.buf.extend_from_slice(b"}\n");
+        } else {
+            self.buf.push(b'\n');
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.json {
+            self.buf.push(b',');
+            json_string(self.buf, key);
+            self.buf.push(b':');
+        } else {
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.push(b'=');
+        }
+    }
+
+    /// A text field. In text lines it is written bare when it is made only of characters that
+    /// cannot be mistaken for the line's structure (letters, digits, `-._:/@*,()+`), quoted and
+    /// escaped otherwise, so a value from a review (a `uid`, a user name) cannot forge a field
+    /// or a line.
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        if self.json {
+            json_string(self.buf, value);
+        } else if !value.is_empty() && value.bytes().all(bare) {
+            self.buf.extend_from_slice(value.as_bytes());
+        } else {
+            let _ = write!(self.buf, "{value:?}");
+        }
+    }
+
+    /// A text field from a `Display` value, as [`Line::str`].
+    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+        let mut scratch = std::mem::take(self.scratch);
+        scratch.clear();
+        let _ = std::fmt::Write::write_fmt(&mut scratch, format_args!("{value}"));
+        self.str(key, &scratch);
+        *self.scratch = scratch;
+    }
+
+    /// A number field.
+    pub fn u64(&mut self, key: &str, value: u64) {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+    }
+
+    /// A boolean field.
+    pub fn bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+}
+
+/// Characters a text field's value may have without quotes.
+fn bare(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._:/@*,()+".contains(&b)
+}
+
+fn json_string(buf: &mut Vec<u8>, s: &str) {
+    // Writing a string into a vector cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// `2026-12-02T19:03:53.644739Z`, as the subscriber writes its timestamps (UTC, microseconds).
+fn timestamp(buf: &mut Vec<u8>, t: time::OffsetDateTime) {
+    let _ = write!(
+        buf,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    );
 }
 
 /// A log writer that hands lines to a writer thread writing them to `out` in batches, and the
@@ -168,6 +339,14 @@ pub struct LogGuard {
     thread: Option<JoinHandle<()>>,
 }
 
+impl LogGuard {
+    fn writer(&self) -> BatchedWriter {
+        BatchedWriter {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
@@ -175,6 +354,83 @@ impl Drop for LogGuard {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::Line;
+
+    fn render(json: bool, fields: impl FnOnce(&mut Line<'_>)) -> String {
+        let (mut buf, mut scratch) = (Vec::new(), String::new());
+        let mut line = Line {
+            buf: &mut buf,
+            scratch: &mut scratch,
+            json,
+        };
+        let at = time::Date::from_calendar_date(2026, time::Month::December, 2)
+            .and_then(|d| d.with_hms_micro(19, 3, 53, 644_739))
+            .expect("a valid date")
+            .assume_utc();
+        line.head(at, "gatehouse::api", "admission");
+        fields(&mut line);
+        line.tail("gatehouse::api");
+        String::from_utf8(buf).expect("utf-8")
+    }
+
+    fn fields(l: &mut Line<'_>) {
+        l.str("uid", "8d1c-01");
+        l.display("object", format_args!("{}/{}", "app-ns", "web"));
+        l.str("sub_resource", "");
+        l.str("user", "system:serviceaccount:kube-system:deployer");
+        l.bool("dry_run", false);
+        l.u64("latency_us", 42);
+    }
+
+    #[test]
+    fn text_lines_look_like_the_subscribers() {
+        assert_eq!(
+            render(false, fields),
+            "2026-12-02T19:03:53.644739Z  INFO gatehouse::api: admission uid=8d1c-01 \
+             object=app-ns/web sub_resource=\"\" user=system:serviceaccount:kube-system:deployer \
+             dry_run=false latency_us=42\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_hold_the_subscribers_keys_in_its_order() {
+        let line = render(true, fields);
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+        assert_eq!(
+            v,
+            serde_json::json!({"timestamp": "2026-12-02T19:03:53.644739Z", "level": "INFO",
+                "message": "admission", "uid": "8d1c-01", "object": "app-ns/web",
+                "sub_resource": "", "user": "system:serviceaccount:kube-system:deployer",
+                "dry_run": false, "latency_us": 42, "target": "gatehouse::api"})
+        );
+        assert!(line.starts_with("{\"timestamp\":"), "{line}");
+        assert!(
+            line.ends_with(",\"target\":\"gatehouse::api\"}\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn values_from_a_review_cannot_forge_fields_or_lines() {
+        let hostile = "x decision=allowed\n2026-12-02T00:00:00Z  INFO forged \"q\"";
+        let text = render(false, |l| l.str("uid", hostile));
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.contains(&format!("uid={hostile:?}")), "{text}");
+        let json = render(true, |l| l.str("uid", hostile));
+        let v: serde_json::Value = serde_json::from_str(&json).expect("still one object");
+        assert_eq!(v["uid"], hostile);
+        // Bare values are only those that cannot be taken for structure.
+        let text = render(false, |l| l.str("user", "a=b"));
+        assert!(text.contains("user=\"a=b\""), "{text}");
     }
 }
 
