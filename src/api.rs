@@ -260,17 +260,6 @@ impl std::fmt::Display for LogPolicies<'_> {
     }
 }
 
-/// The operation as the log line names it (`Create`, as before the line was written by hand).
-fn operation_name(op: &kube::core::admission::Operation) -> &'static str {
-    use kube::core::admission::Operation;
-    match op {
-        Operation::Create => "Create",
-        Operation::Update => "Update",
-        Operation::Delete => "Delete",
-        Operation::Connect => "Connect",
-    }
-}
-
 async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req = match admission::decode(&body) {
@@ -315,7 +304,7 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
             l.str("kind", &req.kind.kind);
             l.display("object", LogObject(&req));
             l.str("sub_resource", req.sub_resource.as_deref().unwrap_or(""));
-            l.str("operation", operation_name(&req.operation));
+            l.display("operation", format_args!("{:?}", req.operation));
             l.str("user", req.user_info.username.as_deref().unwrap_or(""));
             l.bool("dry_run", req.dry_run);
             l.str("decision", label);
