@@ -29,7 +29,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         post(|_body: Bytes| async { ([(header::CONTENT_TYPE, "application/json")], ANSWER) }),
     );
     eprintln!("floor listening on {}", listener.local_addr()?);
+    // SIGTERM ends it normally (bench/instructions.sh reads callgrind's counts at exit).
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        term.recv().await;
+        stopper.shutdown();
+    });
     axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))?
+        .handle(handle)
         .serve(app.into_make_service())
         .await?;
     Ok(())

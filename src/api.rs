@@ -9,14 +9,17 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::admission::{self, DecodeError};
-use crate::limits::{BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, read_body};
+use crate::limits::{
+    BodyBudget, BodyRate, BodyReader, RequestLimit, error_response, read_body_then,
+};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policy::PolicySet;
@@ -102,12 +105,84 @@ pub fn router(state: AppState, limits: RouteLimits) -> Router {
     router_with_rate(state, limits, BodyRate::default())
 }
 
-/// [`router`] with a minimum body rate of its own.
+/// [`router`] with a minimum body rate of its own: the [`Webhook`] service as a router.
 pub fn router_with_rate(state: AppState, limits: RouteLimits, rate: BodyRate) -> Router {
-    let routes = Router::new()
-        .route("/validate", post(validate))
-        .with_state(state.clone());
-    harden_with_rate(routes, limits, rate, state.metrics)
+    Router::new().fallback_service(Webhook::new(state, limits, rate))
+}
+
+/// The webhook as one service: `POST /validate` (404 for other paths, 405 for other methods)
+/// behind the cap on requests in progress, the deadline and the body reader, with panics
+/// caught. It is what [`router`] serves, written as one service rather than a stack of axum
+/// layers, which cost a boxed service clone and a future each per request.
+#[derive(Clone)]
+pub struct Webhook(Arc<WebhookInner>);
+
+struct WebhookInner {
+    state: AppState,
+    guard: GuardInner,
+}
+
+impl Webhook {
+    /// The webhook with these limits and minimum body rate.
+    pub fn new(state: AppState, limits: RouteLimits, rate: BodyRate) -> Self {
+        let guard = GuardInner::new(limits, rate, state.metrics.clone());
+        Self(Arc::new(WebhookInner { state, guard }))
+    }
+}
+
+impl WebhookInner {
+    async fn answer(&self, req: Request) -> Response {
+        if req.uri().path() != "/validate" {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        if req.method() != Method::POST {
+            return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response();
+        }
+        let answer = self.guard.apply(req, |_, body| async move {
+            validate(&self.state, body).await.into_response()
+        });
+        catch_panics(answer, &self.state.metrics).await
+    }
+}
+
+impl tower::Service<Request> for Webhook {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move { Ok(this.answer(req).await) })
+    }
+}
+
+/// `answer`, or a 500 (counted as `panic`, the process lives on) if it panics.
+async fn catch_panics(
+    answer: impl std::future::Future<Output = Response>,
+    metrics: &Metrics,
+) -> Response {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_panic) => panicked(metrics),
+    }
+}
+
+/// The answer to a request whose handler panicked. The payload may hold request data; it
+/// is not logged.
+fn panicked(metrics: &Metrics) -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    metrics.reject("panic");
+    ApiError::Internal.into_response()
 }
 
 /// Wraps routes in the body reader (size limit with a JSON 413, byte budget, minimum data
@@ -125,18 +200,7 @@ pub fn harden_with_rate(
     metrics: Arc<Metrics>,
 ) -> Router {
     let panic_metrics = metrics.clone();
-    let guard = Guard(Arc::new(GuardInner {
-        max_deadline: limits.request_timeout,
-        limit: RequestLimit::new(limits.max_concurrent_requests, metrics.clone()),
-        reader: BodyReader {
-            max_body_bytes: limits.max_body_bytes,
-            budget: BodyBudget::new(limits.max_inflight_body_bytes),
-            min_bytes_per_second: rate.min_bytes_per_second,
-            grace: rate.grace,
-            metrics: metrics.clone(),
-        },
-        metrics,
-    }));
+    let guard = Guard(Arc::new(GuardInner::new(limits, rate, metrics)));
     routes
         // The body reader has read the body whole; this only lifts axum's own 2 MB default.
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -144,12 +208,7 @@ pub fn harden_with_rate(
         // (three `from_fn` layers cost a boxed service clone and a future each per request).
         .layer(axum::middleware::from_fn_with_state(guard, guarded))
         .layer(CatchPanicLayer::custom(
-            move |_panic: Box<dyn std::any::Any + Send>| {
-                // The payload may hold request data; it is not logged.
-                tracing::error!("a request handler panicked; answered 500");
-                panic_metrics.reject("panic");
-                ApiError::Internal.into_response()
-            },
+            move |_panic: Box<dyn std::any::Any + Send>| panicked(&panic_metrics),
         ))
 }
 
@@ -164,22 +223,51 @@ struct GuardInner {
     metrics: Arc<Metrics>,
 }
 
-/// A place among the requests in progress (else 503 at once), then, within the request's
-/// deadline, the body read whole (within its size limit, budget and minimum rate) and the
-/// handler.
-async fn guarded(State(Guard(g)): State<Guard>, req: Request, next: Next) -> Response {
-    let Some(_permit) = g.limit.admit() else {
-        return g.limit.refuse();
-    };
-    let limit = request_deadline(g.max_deadline, req.uri().query());
-    match tokio::time::timeout(limit, read_body(&g.reader, req, next)).await {
-        Ok(resp) => resp,
-        Err(_) => {
-            g.metrics.reject("timeout");
-            tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "deadline exceeded")
+impl GuardInner {
+    fn new(limits: RouteLimits, rate: BodyRate, metrics: Arc<Metrics>) -> Self {
+        Self {
+            max_deadline: limits.request_timeout,
+            limit: RequestLimit::new(limits.max_concurrent_requests, metrics.clone()),
+            reader: BodyReader {
+                max_body_bytes: limits.max_body_bytes,
+                budget: BodyBudget::new(limits.max_inflight_body_bytes),
+                min_bytes_per_second: rate.min_bytes_per_second,
+                grace: rate.grace,
+                metrics: metrics.clone(),
+            },
+            metrics,
         }
     }
+
+    /// A place among the requests in progress (else 503 at once), then, within the request's
+    /// deadline, the body read whole (within its size limit, budget and minimum rate) and
+    /// `handler` given the request's head and body.
+    async fn apply<F, Fut>(&self, req: Request, handler: F) -> Response
+    where
+        F: FnOnce(Parts, Bytes) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
+        let Some(_permit) = self.limit.admit() else {
+            return self.limit.refuse();
+        };
+        let limit = request_deadline(self.max_deadline, req.uri().query());
+        match tokio::time::timeout(limit, read_body_then(&self.reader, req, handler)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                self.metrics.reject("timeout");
+                tracing::warn!(deadline = ?limit, "request took longer than its deadline; answered 503");
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "deadline exceeded")
+            }
+        }
+    }
+}
+
+/// [`GuardInner::apply`] as a middleware, in front of the next layer.
+async fn guarded(State(Guard(g)): State<Guard>, req: Request, next: Next) -> Response {
+    g.apply(req, |parts, bytes| {
+        next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+    })
+    .await
 }
 
 /// The time this request may take: `max`, or less when the API server's `?timeout=` says it
@@ -260,7 +348,7 @@ impl std::fmt::Display for LogPolicies<'_> {
     }
 }
 
-async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn validate(state: &AppState, body: Bytes) -> Result<Response, ApiError> {
     let started = Instant::now();
     let req = match admission::decode(&body) {
         Ok(req) => req,
@@ -322,6 +410,74 @@ async fn validate(State(state): State<AppState>, body: Bytes) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::{LogObject, LogPolicies, request_deadline};
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use tower::ServiceExt as _;
+
+    fn webhook() -> super::Webhook {
+        let policies = crate::policy::PolicySet::load(None, vec![]).expect("default policies");
+        let limits = super::RouteLimits {
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(1),
+            max_concurrent_requests: 8,
+            max_inflight_body_bytes: 1 << 20,
+        };
+        super::Webhook::new(
+            super::AppState::new(policies),
+            limits,
+            crate::limits::BodyRate::default(),
+        )
+    }
+
+    #[rstest]
+    #[case::other_path(Method::POST, "/validate/x", StatusCode::NOT_FOUND, None)]
+    #[case::root(Method::POST, "/", StatusCode::NOT_FOUND, None)]
+    #[case::get(Method::GET, "/validate", StatusCode::METHOD_NOT_ALLOWED, Some("POST"))]
+    #[case::put(
+        Method::PUT,
+        "/validate?timeout=10s",
+        StatusCode::METHOD_NOT_ALLOWED,
+        Some("POST")
+    )]
+    #[case::malformed(Method::POST, "/validate?timeout=10s", StatusCode::BAD_REQUEST, None)]
+    #[tokio::test]
+    async fn the_webhook_answers_only_posts_to_validate(
+        #[case] method: Method,
+        #[case] uri: &str,
+        #[case] status: StatusCode,
+        #[case] allow: Option<&str>,
+    ) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from("{}"))
+            .expect("request");
+        let resp = webhook().oneshot(req).await.expect("infallible");
+        assert_eq!(resp.status(), status);
+        assert_eq!(
+            resp.headers()
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok()),
+            allow
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_answer_is_a_500_and_counted() {
+        let metrics = crate::metrics::Metrics::new();
+        let boom = || -> Response { panic!("boom") };
+        let resp = super::catch_panics(async move { boom() }, &metrics).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            metrics
+                .encode()
+                .contains("gatehouse_rejected_requests_total{reason=\"panic\"} 1")
+        );
+        let fine = super::catch_panics(async { StatusCode::OK.into_response() }, &metrics).await;
+        assert_eq!(fine.status(), StatusCode::OK);
+    }
+
     use crate::admission::testing::request;
     use crate::policy::{Decision, Finding};
     use rstest::rstest;

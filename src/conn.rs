@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Version};
@@ -33,7 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -104,13 +103,41 @@ impl ListenerLimits {
     }
 }
 
+/// What a listener serves: a service that answers every request (a [`axum::Router`], or the
+/// webhook's own [`crate::api::Webhook`]).
+pub trait App:
+    tower::Service<
+        Request<Body>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` completes; then
 /// stops accepting, closes idle connections (GOAWAY on HTTP/2), lets requests in progress
 /// finish for up to `grace` and drops what is left.
-pub async fn serve(
+pub async fn serve<A: App>(
     listener: TcpListener,
     tls: Option<RustlsConfig>,
-    app: Router,
+    app: A,
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
@@ -180,9 +207,9 @@ fn is_resource_error(e: &io::Error) -> bool {
 }
 
 /// What every connection of one listener shares.
-struct ConnCtx {
+struct ConnCtx<A> {
     tls: Option<RustlsConfig>,
-    app: Router,
+    app: A,
     limits: ListenerLimits,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
@@ -191,10 +218,10 @@ struct ConnCtx {
     h2_builder: auto::Builder<TokioExecutor>,
 }
 
-impl ConnCtx {
+impl<A> ConnCtx<A> {
     fn new(
         tls: Option<RustlsConfig>,
-        app: Router,
+        app: A,
         limits: ListenerLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -290,9 +317,11 @@ impl Drop for Slot {
 }
 
 /// What a connection's timers need to know, shared by its stream, its service and its task.
+///
+/// Nothing here wakes the connection's task: its one timer is re-armed lazily (see [`drive`]),
+/// so a request costs no timer registration and no extra poll of the connection.
 struct ConnState {
     inner: Mutex<Activity>,
-    changed: Notify,
 }
 
 struct Activity {
@@ -318,7 +347,6 @@ impl ConnState {
                 head_started: None,
                 h2,
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -331,8 +359,6 @@ impl ConnState {
         let mut a = self.lock();
         if !a.h2 && a.in_flight == 0 && a.head_started.is_none() {
             a.head_started = Some(Instant::now());
-            drop(a);
-            self.changed.notify_one();
         }
     }
 
@@ -345,7 +371,6 @@ impl ConnState {
             a.h2 = true;
         }
         drop(a);
-        self.changed.notify_one();
         RequestGuard(self.clone())
     }
 }
@@ -361,8 +386,6 @@ impl Drop for RequestGuard {
         if a.in_flight == 0 {
             a.idle_since = Instant::now();
         }
-        drop(a);
-        self.0.changed.notify_one();
     }
 }
 
@@ -371,12 +394,14 @@ impl Drop for RequestGuard {
 enum Close {
     Idle,
     Header,
-    Drain,
 }
 
 /// After an idle close (GOAWAY), the time the client has to close its side while no request
 /// is in progress.
 const IDLE_DRAIN: Duration = Duration::from_secs(2);
+
+/// While draining, how often a connection with a request still in progress is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 /// The next deadline of a connection's timers (none while a request is in progress: the
 /// request deadline bounds it).
@@ -391,8 +416,8 @@ fn next_deadline(state: &ConnState, limits: &ListenerLimits) -> Option<(Instant,
     }
 }
 
-async fn serve_connection(
-    ctx: Arc<ConnCtx>,
+async fn serve_connection<A: App>(
+    ctx: Arc<ConnCtx<A>>,
     tcp: TcpStream,
     peer: SocketAddr,
     slot: Slot,
@@ -451,8 +476,8 @@ async fn serve_connection(
 }
 
 /// Serves HTTP on one connection with its idle and header timers.
-async fn drive<I>(
-    ctx: &ConnCtx,
+async fn drive<A: App, I>(
+    ctx: &ConnCtx<A>,
     io: TrackedIo<I>,
     peer: SocketAddr,
     state: Arc<ConnState>,
@@ -481,24 +506,19 @@ async fn drive<I>(
     let builder = if h2 { &ctx.h2_builder } else { &ctx.builder };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
+    // One timer, re-armed only when it fires: requests neither wake this task nor touch the
+    // timer. It looks at the connection at least once a `period`, so a request's first bytes
+    // (which start its header timer without a wake-up) are never missed: checked at `c`, the
+    // timer fires by `c + period`, before a header deadline set after `c` can pass, and is
+    // then set to that deadline exactly.
+    let period = check_period(&ctx.limits);
+    let timer = tokio::time::sleep(period);
+    let mut timer = std::pin::pin!(timer);
     // Set once Gatehouse has begun to close the connection: on shutdown (the caller's grace
     // bounds it) or when idle (bounded here: the client has this long to go after GOAWAY).
     let mut closing = false;
     let mut drain_until: Option<Instant> = None;
     loop {
-        let changed = state.changed.notified();
-        let deadline = match (closing, drain_until) {
-            // A request that began just before the GOAWAY is answered first.
-            (_, Some(at)) => (state.lock().in_flight == 0).then_some((at, Close::Drain)),
-            (true, None) => None,
-            (false, None) => next_deadline(&state, &ctx.limits),
-        };
-        let timer = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -506,17 +526,27 @@ async fn drive<I>(
                 }
                 return;
             }
-            () = changed => {}
-            () = timer => {
-                if drain_until.is_some() {
-                    if state.lock().in_flight == 0 {
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                if let Some(at) = drain_until {
+                    // A request that began just before the GOAWAY is answered first.
+                    if state.lock().in_flight > 0 {
+                        timer.as_mut().reset(now + DRAIN_POLL);
+                    } else if now >= at {
                         return;
+                    } else {
+                        timer.as_mut().reset(at);
                     }
                     continue;
                 }
-                // Checked again: a request may have started as the timer fired.
-                let Some((at, why)) = next_deadline(&state, &ctx.limits) else { continue };
-                if Instant::now() < at {
+                let Some((at, why)) = next_deadline(&state, &ctx.limits).filter(|_| !closing) else {
+                    // A request in progress (its deadline bounds it), or shutting down (the
+                    // caller's grace bounds it).
+                    timer.as_mut().reset(now + period);
+                    continue;
+                };
+                if now < at {
+                    timer.as_mut().reset(at.min(now + period));
                     continue;
                 }
                 let requests = state.lock().requests;
@@ -529,9 +559,9 @@ async fn drive<I>(
                         );
                         conn.as_mut().graceful_shutdown();
                         closing = true;
-                        drain_until = Some(Instant::now() + IDLE_DRAIN);
+                        drain_until = Some(now + IDLE_DRAIN);
+                        timer.as_mut().reset(now + IDLE_DRAIN);
                     }
-                    Close::Drain => return,
                     Close::Header => {
                         tracing::debug!(
                             listener = ctx.limits.name, %peer, requests,
@@ -548,6 +578,15 @@ async fn drive<I>(
             }
         }
     }
+}
+
+/// How long a connection's timer may sleep before it looks at the connection again: the
+/// shorter of its timeouts (at least a millisecond).
+fn check_period(limits: &ListenerLimits) -> Duration {
+    limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .max(Duration::from_millis(1))
 }
 
 /// The response body, holding the request's place on its connection until it is sent.

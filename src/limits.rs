@@ -3,13 +3,13 @@
 //! lets any request that fits go ahead, and reading the body with a size limit and a minimum
 //! data rate. (Connection caps and timers live in [`crate::conn`].)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use tokio::sync::{Notify, Semaphore};
@@ -78,6 +78,18 @@ struct BudgetInner {
     free: Mutex<usize>,
     total: usize,
     released: Notify,
+    /// Requests waiting for room: a release wakes nobody (and takes no lock of the
+    /// [`Notify`]) while there are none.
+    waiting: AtomicUsize,
+}
+
+/// A request counted among those waiting for room while this lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Bytes reserved from a [`BodyBudget`]; given back when dropped.
@@ -91,7 +103,11 @@ impl Drop for Reservation {
         let mut free = self.budget.free.lock().unwrap_or_else(|e| e.into_inner());
         *free += self.bytes;
         drop(free);
-        self.budget.released.notify_waiters();
+        // A waiter counts itself before it looks at `free` under the lock, so either it sees
+        // these bytes or this sees it.
+        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
+            self.budget.released.notify_waiters();
+        }
     }
 }
 
@@ -104,6 +120,7 @@ impl BodyBudget {
                 free: Mutex::new(total),
                 total,
                 released: Notify::new(),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
@@ -126,6 +143,11 @@ impl BodyBudget {
     /// Waits until `bytes` are free and takes them. Waiters do not queue: whichever fits
     /// when bytes are given back goes ahead.
     pub async fn reserve(&self, bytes: usize) -> Reservation {
+        if let Some(r) = self.try_reserve(bytes) {
+            return r;
+        }
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.inner.waiting);
         loop {
             let released = self.inner.released.notified();
             let mut released = std::pin::pin!(released);
@@ -304,11 +326,15 @@ fn too_large(reader: &BodyReader) -> Response {
     )
 }
 
-/// Middleware: refuses an announced length over the limit at once, reserves the body's
-/// bytes from the budget (waiting, within the deadline, while they are not free), then reads
-/// the whole body with the size limit and the minimum rate, and hands the handler the bytes.
-/// The reservation is held until the answer is ready.
-pub async fn read_body(reader: &BodyReader, req: Request, next: Next) -> Response {
+/// Refuses an announced length over the limit at once, reserves the body's bytes from the
+/// budget (waiting, within the deadline, while they are not free), then reads the whole body
+/// with the size limit and the minimum rate, and hands `handler` the request's head and the
+/// bytes. The reservation is held until the answer is ready.
+pub async fn read_body_then<F, Fut>(reader: &BodyReader, req: Request, handler: F) -> Response
+where
+    F: FnOnce(axum::http::request::Parts, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let length = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -326,10 +352,7 @@ pub async fn read_body(reader: &BodyReader, req: Request, next: Next) -> Respons
         .await;
     let (parts, body) = req.into_parts();
     match reader.read(body, length.map(|n| n as usize)).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        Ok(bytes) => handler(parts, bytes).await,
         Err(BodyError::TooLarge) => too_large(reader),
         Err(BodyError::TooSlow) => {
             reader.metrics.reject("body_too_slow");

@@ -139,7 +139,7 @@ impl Server {
             let _ = notify_stopped.await;
         }));
 
-        let app = api::router_with_rate(
+        let app = api::Webhook::new(
             state.clone(),
             RouteLimits::from_config(&limits),
             BodyRate::from_config(&limits),

@@ -194,8 +194,24 @@ impl Line<'_> {
 
 /// Characters a text field's value may have without quotes.
 fn bare(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._:/@*,()+".contains(&b)
+    BARE[b as usize]
 }
+
+/// [`bare`] as a table.
+static BARE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b':' | b'/' | b'@' | b'*' | b',' | b'(' | b')' | b'+'
+            );
+        i += 1;
+    }
+    t
+};
 
 fn json_string(buf: &mut Vec<u8>, s: &str) {
     // Writing a string into a vector cannot fail.
@@ -204,17 +220,22 @@ fn json_string(buf: &mut Vec<u8>, s: &str) {
 
 /// `2026-12-02T19:03:53.644739Z`, as the subscriber writes its timestamps (UTC, microseconds).
 fn timestamp(buf: &mut Vec<u8>, t: time::OffsetDateTime) {
-    let _ = write!(
-        buf,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    );
+    // Digits written by hand: `write!` spends more on formatting machinery than on the line.
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, t.year().clamp(0, 9999) as u32);
+    put(5, 2, u8::from(t.month()).into());
+    put(8, 2, t.day().into());
+    put(11, 2, t.hour().into());
+    put(14, 2, t.minute().into());
+    put(17, 2, t.second().into());
+    put(20, 6, t.microsecond());
+    buf.extend_from_slice(&out);
 }
 
 /// A log writer that hands lines to a writer thread writing them to `out` in batches, and the
@@ -431,6 +452,35 @@ mod line_tests {
         // Bare values are only those that cannot be taken for structure.
         let text = render(false, |l| l.str("user", "a=b"));
         assert!(text.contains("user=\"a=b\""), "{text}");
+    }
+
+    #[test]
+    fn timestamps_are_padded_like_the_subscribers() {
+        for (y, mo, d, h, mi, s, us) in [
+            (2026, time::Month::January, 1, 0, 0, 0, 0),
+            (2026, time::Month::December, 31, 23, 59, 59, 999_999),
+            (999, time::Month::March, 9, 7, 5, 3, 1_020),
+        ] {
+            let t = time::Date::from_calendar_date(y, mo, d)
+                .and_then(|d| d.with_hms_micro(h, mi, s, us))
+                .expect("a valid date")
+                .assume_utc();
+            let mut buf = Vec::new();
+            super::timestamp(&mut buf, t);
+            let expected = format!(
+                "{y:04}-{:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z",
+                u8::from(mo)
+            );
+            assert_eq!(String::from_utf8(buf).expect("ascii"), expected);
+        }
+    }
+
+    #[test]
+    fn bare_characters_are_exactly_the_listed_ones() {
+        for b in 0..=255u8 {
+            let listed = b.is_ascii_alphanumeric() || b"-._:/@*,()+".contains(&b);
+            assert_eq!(super::bare(b), listed, "byte {b}");
+        }
     }
 }
 
