@@ -37,7 +37,7 @@ if ! command -v wrk >/dev/null; then
 fi
 
 cargo build --release --locked --bin gatehouse --example floor
-BIN=target/release/gatehouse
+BIN=${BIN:-target/release/gatehouse}  # BIN=…: another build of Gatehouse against the same floor
 FLOOR=target/release/examples/floor
 
 work=$(mktemp -d)
