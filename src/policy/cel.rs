@@ -22,12 +22,12 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ::cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use ::cel::common::ast::{EntryExpr, Expr, IdedExpr, operators};
 use ::cel::common::traits::Indexer;
-use ::cel::common::types::{CelBool, CelMapKey, CelNull, CelString, Type};
-use ::cel::common::value::{BuiltinRef, CowVal, Val};
+use ::cel::common::types::{CelBool, CelMapKey, CelNull, CelString, Kind, Type};
+use ::cel::common::value::{CowVal, Val};
 use ::cel::context::VariableResolver;
-use ::cel::{Context, ExecutionError, Program, Value};
+use ::cel::{Context, ExecutionError, Value};
 use serde::Deserialize;
 
 use value::{BudgetGuard, Owned, PER_EXPRESSION_COST, PER_POLICY_COST, SharedMap};
@@ -118,7 +118,8 @@ const REASONS: &[&str] = &[
 #[derive(Debug)]
 struct Compiled {
     source: String,
-    program: Program,
+    /// The expression as evaluated (see [`rewrite`]).
+    expr: IdedExpr,
     /// Indices of the variables it reads directly.
     uses: Vec<usize>,
     /// Cost of one comprehension step: the node count of its largest loop body.
@@ -227,7 +228,7 @@ pub struct Attributes {
 /// What one review shows CEL policies: its attributes and the raw JSON of its objects, decoded
 /// into CEL values on first use and shared by every CEL policy that judges the review.
 pub struct Activation<'a> {
-    attrs: &'a Attributes,
+    attrs: Attrs<'a>,
     object: Option<&'a [u8]>,
     old_object: Option<&'a [u8]>,
     object_val: OnceLock<Result<Owned, String>>,
@@ -236,7 +237,21 @@ pub struct Activation<'a> {
     /// Set when the text is known to be valid JSON (the review decoder checked it), with
     /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
     checked: Option<usize>,
-    hints: [Vec<lazy::Hint>; 2],
+    hints: Hints<'a>,
+}
+
+/// The request attributes an activation shows as `request`: given, or made from the review
+/// the first time an expression reads `request` (most read only the object).
+enum Attrs<'a> {
+    Given(&'a Attributes),
+    Review(&'a (dyn Fn() -> Attributes + Sync + 'a)),
+}
+
+/// Where the review decoder found the parts of the object and old object: given, or made
+/// from the review when an object is converted.
+enum Hints<'a> {
+    Given([Vec<lazy::Hint>; 2]),
+    Review(&'a (dyn Fn(bool) -> Vec<lazy::Hint> + Sync + 'a)),
 }
 
 impl<'a> Activation<'a> {
@@ -247,14 +262,14 @@ impl<'a> Activation<'a> {
         old_object: Option<&'a [u8]>,
     ) -> Self {
         Activation {
-            attrs,
+            attrs: Attrs::Given(attrs),
             object,
             old_object,
             object_val: OnceLock::new(),
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
             checked: None,
-            hints: Default::default(),
+            hints: Hints::Given(Default::default()),
         }
     }
 
@@ -270,17 +285,40 @@ impl<'a> Activation<'a> {
     ) -> Self {
         Activation {
             checked: Some(user),
-            hints,
+            hints: Hints::Given(hints),
             ..Activation::new(attrs, object, old_object)
+        }
+    }
+
+    /// The activation of a decoded review evaluated by policy `user`, as
+    /// [`Activation::of_checked`], with the request attributes and the decoder's hints made
+    /// from the review only when an expression needs them.
+    fn of_review(
+        attrs: &'a (dyn Fn() -> Attributes + Sync + 'a),
+        object: Option<&'a [u8]>,
+        old_object: Option<&'a [u8]>,
+        user: usize,
+        hints: &'a (dyn Fn(bool) -> Vec<lazy::Hint> + Sync + 'a),
+    ) -> Self {
+        Activation {
+            attrs: Attrs::Review(attrs),
+            object,
+            old_object,
+            object_val: OnceLock::new(),
+            old_object_val: OnceLock::new(),
+            request_val: OnceLock::new(),
+            checked: Some(user),
+            hints: Hints::Review(hints),
         }
     }
 
     fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
-            (Some(bytes), Some(user)) => {
-                lazy::shared_root(bytes, user, self.hints[usize::from(old)].clone())
-            }
+            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user, || match &self.hints {
+                Hints::Given(h) => h[usize::from(old)].clone(),
+                Hints::Review(f) => f(old),
+            }),
             (Some(bytes), None) => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                     .map_err(|e| format!("the object is not valid JSON: {e}"))?;
@@ -336,7 +374,10 @@ impl<'a> Activation<'a> {
 
     fn request(&self) -> &dyn Val {
         self.request_val
-            .get_or_init(|| request_value(self.attrs))
+            .get_or_init(|| match self.attrs {
+                Attrs::Given(a) => request_value(a),
+                Attrs::Review(make) => request_value(&make()),
+            })
             .as_ref()
     }
 }
@@ -540,12 +581,76 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
     uses.sort_unstable();
     uses.dedup();
     let step_cost = step_cost(program.expression()) as u64;
+    let mut expr = program.expression().clone();
+    rewrite(&mut expr);
     Ok(Compiled {
         source: source.to_owned(),
-        program,
+        expr,
         uses,
         step_cost,
     })
+}
+
+/// Sends `==`, `!=` and `in` whose operands could hold a plain list or map on one side and a
+/// part of the object on the other to [`library::EQUALS`], [`library::NOT_EQUALS`] and
+/// [`library::IN`], which compare values of every representation ([`value::equal`]): the
+/// interpreter's own operators ask the left operand (or each item of the list) only, and
+/// cel-rust's plain lists and maps compare equal to their own kind only, not to the object's
+/// lazy parts. A comparison with a literal scalar, and `in` a literal map or a literal list of
+/// scalars, keep the interpreter's operators: there the left side decides correctly.
+fn rewrite(e: &mut IdedExpr) {
+    let literal = |x: &IdedExpr| matches!(x.expr, Expr::Literal(_));
+    match &mut e.expr {
+        Expr::Call(call) => {
+            if call.target.is_none() && call.args.len() == 2 {
+                let (a, b) = (&call.args[0], &call.args[1]);
+                let to = match call.func_name.as_str() {
+                    operators::EQUALS if !literal(a) && !literal(b) => Some(library::EQUALS),
+                    operators::NOT_EQUALS if !literal(a) && !literal(b) => {
+                        Some(library::NOT_EQUALS)
+                    }
+                    operators::IN => {
+                        let plain = match &b.expr {
+                            Expr::List(l) => l.elements.iter().all(literal),
+                            Expr::Map(_) => true,
+                            _ => false,
+                        };
+                        (!literal(a) && !plain).then_some(library::IN)
+                    }
+                    _ => None,
+                };
+                if let Some(to) = to {
+                    call.func_name = to.to_owned();
+                }
+            }
+            if let Some(t) = &mut call.target {
+                rewrite(t);
+            }
+            call.args.iter_mut().for_each(rewrite);
+        }
+        Expr::Select(sel) => rewrite(&mut sel.operand),
+        Expr::List(list) => list.elements.iter_mut().for_each(rewrite),
+        Expr::Map(::cel::common::ast::MapExpr { entries: m })
+        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => {
+            for entry in m {
+                match &mut entry.expr {
+                    EntryExpr::MapEntry(me) => {
+                        rewrite(&mut me.key);
+                        rewrite(&mut me.value);
+                    }
+                    EntryExpr::StructField(f) => rewrite(&mut f.value),
+                }
+            }
+        }
+        Expr::Comprehension(c) => {
+            rewrite(&mut c.iter_range);
+            rewrite(&mut c.accu_init);
+            rewrite(&mut c.loop_cond);
+            rewrite(&mut c.loop_step);
+            rewrite(&mut c.result);
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
 }
 
 /// Refuses identifiers the environment does not declare: `namespaceObject` and `authorizer`
@@ -916,14 +1021,14 @@ impl Run<'_, '_> {
 
 fn execute(c: &Compiled, scope: &Scope<'_, '_, '_>) -> Result<Value, String> {
     with_result(c, scope, |v| {
-        if matches!(v.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
+        if matches!(v.get_type().kind(), Kind::List | Kind::Map) {
             // Only variables may be lists or maps; copying one into a result is never needed.
             return Err(format!(
                 "the expression must evaluate to a bool or a string, not {}",
                 v.get_type().name()
             ));
         }
-        Value::try_from(v).map_err(|e| e.to_string())
+        value::to_value(v).map_err(|e| e.to_string())
     })
 }
 
@@ -939,7 +1044,7 @@ fn with_result<T>(
     let mut ctx = Context::with_env(Arc::clone(&library::ENV));
     ctx.set_variable_resolver(scope);
     let previous = value::set_iteration_cost(c.step_cost);
-    let result = Value::resolve_val(c.program.expression(), &ctx)
+    let result = Value::resolve_val(&c.expr, &ctx)
         .map_err(|e| e.to_string())
         .and_then(|v| f(v.as_ref()));
     value::set_iteration_cost(previous);
@@ -1074,24 +1179,8 @@ impl Variables<'_, '_> {
                 };
                 value::charge_or_fail(&format!("variables.{name}"), size)
                     .map_err(|e| e.to_string())?;
-                // Parts of the object are shared, not copied.
-                if let Some(l) = v.downcast_ref::<value::SharedList>() {
-                    return Ok(Box::new(l.clone()) as Owned);
-                }
-                if let Some(m) = v.downcast_ref::<value::SharedMap>() {
-                    return Ok(Box::new(m.clone()) as Owned);
-                }
-                if let Some(l) = v.downcast_ref::<lazy::LazyList>() {
-                    return Ok(Box::new(l.clone()) as Owned);
-                }
-                if let Some(m) = v.downcast_ref::<lazy::LazyMap>() {
-                    return Ok(Box::new(m.clone()) as Owned);
-                }
-                let v = Value::try_from(v).map_err(|e| e.to_string())?;
-                let boxed: Owned = v
-                    .try_into()
-                    .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
-                Ok(value::share(boxed))
+                // Parts of the object, and shared lists and maps, are shared, not copied.
+                value::to_static(v).map_err(|e| e.to_string())
             })
         })
     }
@@ -1292,7 +1381,24 @@ pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
 impl crate::policy::Check for CelPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
         let user = Arc::as_ptr(&self.inner) as usize;
-        let e = with_activation(ctx.review, user, |_, act| CelPolicy::evaluate(self, act));
+        let review = ctx.review;
+        let attrs = || Attributes::of(review);
+        let find_hints = |old: bool| {
+            let o = if old {
+                &review.old_object
+            } else {
+                &review.object
+            };
+            o.as_ref().map(hints).unwrap_or_default()
+        };
+        let act = Activation::of_review(
+            &attrs,
+            review.object.as_ref().map(|o| o.raw.text().as_bytes()),
+            review.old_object.as_ref().map(|o| o.raw.text().as_bytes()),
+            user,
+            &find_hints,
+        );
+        let e = CelPolicy::evaluate(self, &act);
         annotate(ctx, ctx.policy, e.audit_annotations);
         crate::policy::Eval::Done(outcome(e.verdict))
     }
@@ -1386,6 +1492,25 @@ mod tests {
     #[case(
         "object.spec.template.spec.containers[1].?resources.?limits.?memory.orValue('none') == 'none'"
     )]
+    // equality and `in` between the object's parts and plain lists and maps, either side
+    #[case("{'app': 'web', 'team': 'payments'} == object.metadata.labels")]
+    #[case("object.metadata.labels == {'team': 'payments', 'app': 'web'}")]
+    #[case("{'app': 'web'} != object.metadata.labels && object.metadata.labels != {'app': 'x'}")]
+    #[case(
+        "{'name': 'sidecar', 'image': 'registry.example.com/proxy:1.2'} == object.spec.template.spec.containers[1]"
+    )]
+    #[case("[{'app': 'web', 'team': 'payments'}] == [object.metadata.labels]")]
+    #[case("[object.metadata.labels] == [{'app': 'web', 'team': 'payments'}]")]
+    #[case(
+        "object.spec.template.spec.containers.filter(c, c.name == 'web') == [object.spec.template.spec.containers[0]]"
+    )]
+    #[case("['web', 'sidecar'] == object.spec.template.spec.containers.map(c, c.name)")]
+    #[case("object.metadata.labels in [{'app': 'web', 'team': 'payments'}]")]
+    #[case("{'team': 'payments', 'app': 'web'} in [object.metadata.labels]")]
+    #[case("object.metadata.name in [object.metadata.labels.app, 'x']")]
+    #[case("optional.of({'app': 'web', 'team': 'payments'}) == object.metadata.?labels")]
+    #[case("[{'app': 'web', 'team': 'payments'}].indexOf(object.metadata.labels) == 0")]
+    #[case("object.spec.template == object.spec.template && object.spec != object.metadata")]
     #[case("optional.of(1).hasValue() && !optional.none().hasValue()")]
     #[case("{'a': 1}[?'a'].orValue(0) == 1 && {'a': 1}[?'b'].orValue(0) == 0")]
     #[case("optional.of(2).value() == 2 && !optional.ofNonZeroValue(0).hasValue()")]

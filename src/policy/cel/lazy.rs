@@ -7,8 +7,9 @@
 //! only the value selected (a nested object or array becomes another lazy value, a scalar its
 //! CEL value); a list is converted one level down on its first index, size or iteration.
 //! Converted parts are kept, so the same review's policies share them. Equality compares
-//! entry by entry, converting only what it compares; a library function that needs a plain
-//! CEL map or list gets this level built once ([`Val::as_builtin`]).
+//! entry by entry, converting only what it compares. Neither answers cel-rust's downcasts to
+//! its plain map and list ([`Val::as_builtin`]): what needs the entries or items (equality,
+//! results, variables) reads them through [`super::value`].
 //!
 //! Indexing a level charges the running evaluation's budget one unit per member or element
 //! scanned, and iterating charges per element as for any other value (see [`super::value`]).
@@ -24,10 +25,10 @@ use std::sync::{Arc, OnceLock};
 use ::cel::ExecutionError;
 use ::cel::common::traits::{self, Container, Indexer, Iterable, Sizer, Zeroer};
 use ::cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, Kind, LIST_TYPE,
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, LIST_TYPE,
     MAP_TYPE, Type,
 };
-use ::cel::common::value::{Builtin, BuiltinRef, CowVal, StaticVal, Val};
+use ::cel::common::value::{CowVal, StaticVal, Val};
 
 use super::value::{Owned, charge, counted};
 
@@ -125,7 +126,7 @@ fn malformed() -> String {
     "the object is not valid JSON".to_owned()
 }
 
-fn scan_error() -> ExecutionError {
+pub(crate) fn scan_error() -> ExecutionError {
     ExecutionError::function_error("object", malformed())
 }
 
@@ -507,6 +508,36 @@ fn as_key(idx: &dyn Val) -> Option<&str> {
     idx.downcast_ref::<CelString>().map(|s| s.inner())
 }
 
+impl LazyMap {
+    /// Calls `f` with each member's key and value (converted as reached; `None` where its text
+    /// does not scan) until it returns false; `None` when this level does not scan.
+    pub(crate) fn all_entries<'s>(
+        &'s self,
+        mut f: impl FnMut(&str, Option<&'s (dyn Val + 'static)>) -> bool,
+    ) -> Option<bool> {
+        let index = self.0.index()?;
+        Some(
+            index
+                .entries
+                .iter()
+                .all(|e| f(self.0.key(e), self.0.value(e))),
+        )
+    }
+}
+
+/// Whether `a` and `b` are the same lazy map or list of the same document.
+pub(crate) fn same(a: &dyn Val, b: &dyn Val) -> bool {
+    if let (Some(a), Some(b)) = (a.downcast_ref::<LazyMap>(), b.downcast_ref::<LazyMap>()) {
+        return Arc::ptr_eq(&a.0, &b.0)
+            || (Arc::ptr_eq(&a.0.doc, &b.0.doc) && a.0.start == b.0.start);
+    }
+    if let (Some(a), Some(b)) = (a.downcast_ref::<LazyList>(), b.downcast_ref::<LazyList>()) {
+        return Arc::ptr_eq(&a.0, &b.0)
+            || (Arc::ptr_eq(&a.0.doc, &b.0.doc) && a.0.start == b.0.start);
+    }
+    false
+}
+
 impl Indexer for LazyMap {
     fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
     where
@@ -583,31 +614,7 @@ impl Val for LazyMap {
     lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
-        if let Some(o) = other.downcast_ref::<LazyMap>()
-            && (Arc::ptr_eq(&self.0, &o.0)
-                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
-        {
-            return true;
-        }
-        if other.get_type().kind() != Kind::Map {
-            return false;
-        }
-        let Some(index) = self.0.index() else {
-            return false;
-        };
-        let (Some(sizer), Some(indexer)) = (other.as_sizer(), other.as_indexer()) else {
-            return false;
-        };
-        if *sizer.size().inner() != index.entries.len() as i64 {
-            return false;
-        }
-        index.entries.iter().all(|e| {
-            let key = CelString::from(self.0.key(e));
-            match (self.0.value(e), indexer.get(&key)) {
-                (Some(mine), Ok(theirs)) => mine.equals(theirs.as_ref()),
-                _ => false,
-            }
-        })
+        super::value::equal(self, other)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -621,19 +628,9 @@ impl Val for LazyMap {
         Box::new(self.clone())
     }
 
-    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
-    where
-        Self: 'w,
-    {
-        BuiltinRef::Map(self.0.built())
-    }
-
-    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
-    where
-        Self: 'w,
-    {
-        Some(Builtin::Map(self.0.built().clone()))
-    }
+    // `as_builtin` keeps its default, `BuiltinRef::Other`: cel-rust asks it of every operand
+    // (is it an optional?), and answering a plain map would build this level each time it is
+    // selected from. What needs the entries reads them through `super::value`.
 }
 
 impl StaticVal for LazyMap {}
@@ -704,6 +701,13 @@ impl ListNode {
     }
 }
 
+impl LazyList {
+    /// The items (converted one level down); `None` when the text does not scan.
+    pub(crate) fn items(&self) -> Option<&[Owned]> {
+        self.0.items().map(|l| l.inner())
+    }
+}
+
 impl Indexer for LazyList {
     fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
     where
@@ -766,16 +770,7 @@ impl Val for LazyList {
     lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
-        if let Some(o) = other.downcast_ref::<LazyList>()
-            && (Arc::ptr_eq(&self.0, &o.0)
-                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
-        {
-            return true;
-        }
-        match self.0.items() {
-            Some(items) => items.equals(other),
-            None => false,
-        }
+        super::value::equal(self, other)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -789,19 +784,7 @@ impl Val for LazyList {
         Box::new(self.clone())
     }
 
-    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
-    where
-        Self: 'w,
-    {
-        BuiltinRef::List(self.0.items_or_empty())
-    }
-
-    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
-    where
-        Self: 'w,
-    {
-        Some(Builtin::List(self.0.items_or_empty().clone()))
-    }
+    // `as_builtin` keeps its default, `BuiltinRef::Other`, as for a lazy map.
 }
 
 impl StaticVal for LazyList {}
@@ -830,7 +813,11 @@ thread_local! {
 /// review once) and starts afresh, so nothing carries over from one review to the next
 /// but what a later policy of the same review reuses; the bytes are compared, so a reuse
 /// is always of the same text.
-pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result<Owned, String> {
+pub(crate) fn shared_root(
+    bytes: &[u8],
+    user: usize,
+    hints: impl FnOnce() -> Vec<Hint>,
+) -> Result<Owned, String> {
     SCRATCH.with(|scratch| {
         let mut slots = scratch.borrow_mut();
         if let Some(slot) = slots.iter_mut().find(|s| **s.doc == *bytes)
@@ -839,7 +826,7 @@ pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result
             slot.users.push(user);
             return Ok(slot.root.clone_as_boxed());
         }
-        let (doc, root) = root_of(bytes, hints, true)?;
+        let (doc, root) = root_of(bytes, hints(), true)?;
         slots.retain(|s| **s.doc != *bytes);
         if slots.len() >= SLOTS {
             slots.remove(0);
@@ -864,7 +851,7 @@ mod tests {
     }
 
     fn value(v: &dyn Val) -> ::cel::Value {
-        ::cel::Value::try_from(v).expect("converts")
+        super::super::value::to_value(v).expect("converts")
     }
 
     #[test]
@@ -909,6 +896,37 @@ mod tests {
             value(&*get(&*spec, "replicas").unwrap()),
             ::cel::Value::Int(3)
         );
+    }
+
+    #[test]
+    fn checking_for_an_optional_builds_nothing() {
+        // cel-rust asks every operand it selects from whether it is an optional.
+        let root = root(br#"{"spec": {"containers": [{"image": "a"}]}}"#).unwrap();
+        assert!(
+            root.downcast_ref::<::cel::common::types::CelOptional>()
+                .is_none()
+        );
+        let map = root.downcast_ref::<LazyMap>().unwrap();
+        assert!(map.0.index.get().is_none() && map.0.built.get().is_none());
+        let spec = get(root.as_ref(), "spec").unwrap();
+        let containers = get(&*spec, "containers").unwrap();
+        assert!(
+            containers
+                .downcast_ref::<::cel::common::types::CelList>()
+                .is_none()
+        );
+        let list = containers.downcast_ref::<LazyList>().unwrap();
+        assert!(list.0.items.get().is_none(), "not scanned by the downcast");
+        let c = list.items().unwrap()[0].as_ref();
+        assert!(
+            c.downcast_ref::<::cel::common::types::CelOptional>()
+                .is_none()
+        );
+        assert_eq!(
+            value(&*get(c, "image").unwrap()),
+            ::cel::Value::String(Arc::new("a".into()))
+        );
+        assert!(c.downcast_ref::<LazyMap>().unwrap().0.built.get().is_none());
     }
 
     #[test]
@@ -1006,17 +1024,17 @@ mod tests {
     #[test]
     fn a_review_s_policies_share_the_conversion_and_a_new_review_starts_afresh() {
         let text = br#"{"spec": {"replicas": 3}}"#;
-        let first = shared_root(text, 1, Vec::new()).unwrap();
-        let second = shared_root(text, 2, Vec::new()).unwrap();
+        let first = shared_root(text, 1, Vec::new).unwrap();
+        let second = shared_root(text, 2, Vec::new).unwrap();
         let (a, b) = (
             first.downcast_ref::<LazyMap>().unwrap(),
             second.downcast_ref::<LazyMap>().unwrap(),
         );
         assert!(Arc::ptr_eq(&a.0, &b.0), "policy 2 of the review reuses it");
-        let again = shared_root(text, 1, Vec::new()).unwrap();
+        let again = shared_root(text, 1, Vec::new).unwrap();
         let c = again.downcast_ref::<LazyMap>().unwrap();
         assert!(!Arc::ptr_eq(&a.0, &c.0), "policy 1 again: a new review");
-        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new()).unwrap();
+        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new).unwrap();
         assert_eq!(
             value(&*get(&*get(other.as_ref(), "spec").unwrap(), "replicas").unwrap()),
             ::cel::Value::Int(4)
