@@ -363,6 +363,15 @@ impl MapNode {
         }
     }
 
+    /// The key's bytes, unchecked (for comparisons: two keys are equal when their bytes are,
+    /// and a raw key has no escapes).
+    fn key_bytes<'s>(&'s self, e: &'s Entry) -> &'s [u8] {
+        match &e.key {
+            KeyText::Raw(s, t) => self.doc.get(*s..*t).unwrap_or_default(),
+            KeyText::Decoded(k) => k.as_bytes(),
+        }
+    }
+
     fn index(&self) -> Option<&MapIndex> {
         self.index.get_or_init(|| self.scan()).as_ref()
     }
@@ -389,7 +398,12 @@ impl MapNode {
                     return None;
                 }
                 let start = ws(b, i + 1);
-                let end = value_end(b, start)?;
+                // A value the decoder found is not scanned again (the object's `spec` is
+                // most of its text).
+                let end = match self.hinted.iter().find(|(h, _)| h.start == start) {
+                    Some((h, _)) => h.end,
+                    None => value_end(b, start)?,
+                };
                 if entries.len() % 1024 == 1023
                     && !self.doc.convert_more(std::mem::take(&mut pending))
                 {
@@ -447,8 +461,10 @@ impl MapNode {
             let n = index.entries.len();
             let mut keep = vec![true; n];
             for (a, kept) in keep.iter_mut().enumerate() {
-                let key = self.key(&index.entries[a]);
-                *kept = !index.entries[a + 1..].iter().any(|e| self.key(e) == key);
+                let key = self.key_bytes(&index.entries[a]);
+                *kept = !index.entries[a + 1..]
+                    .iter()
+                    .any(|e| self.key_bytes(e) == key);
             }
             if keep.iter().any(|k| !k) {
                 let mut n = 0;
@@ -467,7 +483,10 @@ impl MapNode {
         };
         let n = match &index.hashed {
             Some(h) => *h.get(key)?,
-            None => index.entries.iter().position(|e| self.key(e) == key)?,
+            None => index
+                .entries
+                .iter()
+                .position(|e| self.key_bytes(e) == key.as_bytes())?,
         };
         Some(Ok(&index.entries[n]))
     }

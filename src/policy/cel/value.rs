@@ -121,6 +121,34 @@ impl Drop for BudgetGuard {
     }
 }
 
+/// The running evaluation's budget at one point, to return to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BudgetSnapshot {
+    remaining: u64,
+    exceeded: Option<Exhausted>,
+    ticks: u32,
+}
+
+impl BudgetSnapshot {
+    /// The budget now.
+    pub(crate) fn take() -> Self {
+        BUDGET.with(|b| BudgetSnapshot {
+            remaining: b.remaining.get(),
+            exceeded: b.exceeded.get(),
+            ticks: b.ticks.get(),
+        })
+    }
+
+    /// Returns the budget to what it was (what was charged since is not charged).
+    pub(crate) fn restore(self) {
+        BUDGET.with(|b| {
+            b.remaining.set(self.remaining);
+            b.exceeded.set(self.exceeded);
+            b.ticks.set(self.ticks);
+        });
+    }
+}
+
 /// Charges `units` to the running evaluation; false once its budget is spent (outside an
 /// evaluation, always true).
 pub(crate) fn charge(units: u64) -> bool {
