@@ -252,8 +252,8 @@ enum Attrs<'a> {
 /// Where the review decoder found the parts of the object and old object: given, or made
 /// from the review when an object is converted.
 enum Hints<'a> {
-    Given([Vec<lazy::Hint>; 2]),
-    Review(&'a (dyn Fn(bool) -> Vec<lazy::Hint> + Sync + 'a)),
+    Given([lazy::Found; 2]),
+    Review(&'a (dyn Fn(bool) -> lazy::Found + Sync + 'a)),
 }
 
 impl<'a> Activation<'a> {
@@ -283,7 +283,7 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
-        hints: [Vec<lazy::Hint>; 2],
+        hints: [lazy::Found; 2],
     ) -> Self {
         Activation {
             checked: Some(user),
@@ -300,7 +300,7 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
-        hints: &'a (dyn Fn(bool) -> Vec<lazy::Hint> + Sync + 'a),
+        hints: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
     ) -> Self {
         Activation {
             attrs: Attrs::Review(attrs),
@@ -318,7 +318,7 @@ impl<'a> Activation<'a> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
             (Some(bytes), Some(user)) => lazy::shared_root(bytes, user, || match &self.hints {
-                Hints::Given(h) => h[usize::from(old)].clone(),
+                Hints::Given(h) => h[usize::from(old)],
                 Hints::Review(f) => f(old),
             }),
             (Some(bytes), None) => {
@@ -1413,47 +1413,25 @@ pub(crate) fn with_activation<T>(
 }
 
 /// Where the decoder found the object's parts, as offsets into its text.
-fn hints(o: &crate::admission::Object<'_>) -> Vec<lazy::Hint> {
+fn hints(o: &crate::admission::Object<'_>) -> lazy::Found {
     let base = o.raw.text();
-    let at = |key: &'static str, part: Option<crate::admission::Raw<'_>>, children| {
+    let at = |part: Option<crate::admission::Raw<'_>>| {
         let text = part?.text();
         let start = (text.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
         let end = start + text.len();
-        (end <= base.len()).then_some(lazy::Hint {
-            key,
-            start,
-            end,
-            children,
-        })
+        (end <= base.len()).then_some((start, end))
     };
-    let spec = at(
-        "spec",
-        o.spec,
-        [
-            at("replicas", o.replicas, Vec::new()),
-            at("template", o.spec_template, Vec::new()),
-            at("jobTemplate", o.job_template, Vec::new()),
-            at("containers", o.spec_containers, Vec::new()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    );
-    let metadata = at(
-        "metadata",
-        o.metadata,
-        [
-            at("labels", o.labels, Vec::new()),
-            at("annotations", o.annotations, Vec::new()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    );
-    [spec, metadata, at("template", o.template, Vec::new())]
-        .into_iter()
-        .flatten()
-        .collect()
+    lazy::Found {
+        metadata: at(o.metadata),
+        spec: at(o.spec),
+        template: at(o.template),
+        labels: at(o.labels),
+        annotations: at(o.annotations),
+        replicas: at(o.replicas),
+        spec_template: at(o.spec_template),
+        job_template: at(o.job_template),
+        containers: at(o.spec_containers),
+    }
 }
 
 /// Hands a policy's audit annotations to the decision, keyed `<policy name>/<key>` as the

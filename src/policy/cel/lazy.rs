@@ -38,21 +38,68 @@ const HASHED: usize = 12;
 /// The JSON text value `bytes` as a CEL value, lazily converted. `bytes` must be one JSON
 /// value (surrounding whitespace allowed).
 pub(crate) fn root(bytes: &[u8]) -> Result<Owned, String> {
-    root_of(bytes, Vec::new(), false).map(|(_, v)| v)
+    root_of(bytes, Found::default(), false).map(|(_, v)| v)
 }
 
-/// Where a member of a map is, known before the map is scanned: the review decoder finds
-/// `metadata`, `spec`, `spec.replicas` and the pod template in its one pass, and a field
-/// access that reaches one of them needs no scan at all.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Hint {
-    /// The member's key.
-    pub(crate) key: &'static str,
-    /// Its value's range in the document.
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    /// Hints for the members of its value.
-    pub(crate) children: Vec<Hint>,
+/// Where the review decoder found parts of the object in its one pass (`metadata`, `spec`,
+/// `spec.replicas`, the pod template, labels, annotations), as ranges of the object's text: a
+/// field access that reaches one of them needs no scan at all, and a scan skips them. Plain
+/// offsets, so that handing them to a conversion allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Found {
+    pub(crate) metadata: Option<(usize, usize)>,
+    pub(crate) spec: Option<(usize, usize)>,
+    /// A PodTemplate's `template`.
+    pub(crate) template: Option<(usize, usize)>,
+    pub(crate) labels: Option<(usize, usize)>,
+    pub(crate) annotations: Option<(usize, usize)>,
+    pub(crate) replicas: Option<(usize, usize)>,
+    /// `spec.template`.
+    pub(crate) spec_template: Option<(usize, usize)>,
+    pub(crate) job_template: Option<(usize, usize)>,
+    pub(crate) containers: Option<(usize, usize)>,
+}
+
+/// Which level of the object a map is, for what [`Found`] knows of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Other,
+    Root,
+    Metadata,
+    Spec,
+}
+
+/// A member the decoder found: its key, its value's range, and that value's level.
+type Member = (&'static str, Option<(usize, usize)>, Level);
+
+/// How many members of one level [`Found`] can know.
+const FOUND_PER_LEVEL: usize = 4;
+
+impl Found {
+    fn members(&self, level: Level) -> [Member; FOUND_PER_LEVEL] {
+        const NONE: Member = ("", None, Level::Other);
+        match level {
+            Level::Root => [
+                ("metadata", self.metadata, Level::Metadata),
+                ("spec", self.spec, Level::Spec),
+                ("template", self.template, Level::Other),
+                NONE,
+            ],
+            Level::Metadata => [
+                ("labels", self.labels, Level::Other),
+                ("annotations", self.annotations, Level::Other),
+                NONE,
+                NONE,
+            ],
+            Level::Spec => [
+                ("replicas", self.replicas, Level::Other),
+                ("template", self.spec_template, Level::Other),
+                ("jobTemplate", self.job_template, Level::Other),
+                ("containers", self.containers, Level::Other),
+            ],
+            Level::Other => [NONE; FOUND_PER_LEVEL],
+        }
+    }
 }
 
 /// Memory the values converted out of one object may take at most, as [`weight`] estimates
@@ -71,9 +118,11 @@ fn weight(b: &[u8], start: usize, end: usize) -> usize {
     }
 }
 
-/// One object's JSON text, and how many of its values have been converted.
+/// One object's JSON text, where the decoder found its parts, and how many of its values
+/// have been converted.
 pub(crate) struct Doc {
     bytes: Box<[u8]>,
+    found: Found,
     converted: AtomicUsize,
 }
 
@@ -98,9 +147,10 @@ impl Doc {
 }
 
 /// `checked`: the text is known to be one JSON value (no scan for its end).
-fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<Doc>, Owned), String> {
+fn root_of(bytes: &[u8], found: Found, checked: bool) -> Result<(Arc<Doc>, Owned), String> {
     let doc = Arc::new(Doc {
         bytes: bytes.into(),
+        found,
         converted: AtomicUsize::new(0),
     });
     let start = ws(&doc, 0);
@@ -118,7 +168,7 @@ fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<Doc>, O
         }
         end
     };
-    let value = convert(&doc, start, end, hints).ok_or_else(malformed)?;
+    let value = convert(&doc, start, end, Level::Root).ok_or_else(malformed)?;
     Ok((doc, value))
 }
 
@@ -218,18 +268,20 @@ fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
 
 /// The CEL value of the JSON value `doc[start..end]`, as the API server converts unstructured
 /// objects: integers as `int`, other numbers as `double`, objects and arrays lazily.
-fn convert(doc: &Arc<Doc>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
+fn convert(doc: &Arc<Doc>, start: usize, end: usize, level: Level) -> Option<Owned> {
     let b: &[u8] = doc;
     Some(match *b.get(start)? {
         b'{' => Box::new(LazyMap(Arc::new(MapNode {
             doc: Arc::clone(doc),
             start,
             end,
-            hinted: hints
-                .into_iter()
-                .filter(|h| h.start < h.end && h.end <= end && h.start > start)
-                .map(|h| (h, OnceLock::new()))
-                .collect(),
+            level,
+            hinted: doc
+                .found
+                .members(level)
+                .iter()
+                .any(|m| m.1.is_some())
+                .then(Default::default),
             index: OnceLock::new(),
             built: OnceLock::new(),
         }))),
@@ -340,7 +392,9 @@ struct MapNode {
     doc: Arc<Doc>,
     start: usize,
     end: usize,
-    hinted: Vec<(Hint, OnceLock<Option<Owned>>)>,
+    level: Level,
+    /// The values of the members the decoder found, converted on first use.
+    hinted: Option<Box<[OnceLock<Option<Owned>>; FOUND_PER_LEVEL]>>,
     index: OnceLock<Option<MapIndex>>,
     built: OnceLock<CelMap<'static>>,
 }
@@ -376,6 +430,24 @@ impl MapNode {
         self.index.get_or_init(|| self.scan()).as_ref()
     }
 
+    /// The first member the decoder found in this map for which `want(key, start, end)`
+    /// holds: its slot, its value's range and level.
+    fn found(
+        &self,
+        want: impl Fn(&str, usize, usize) -> bool,
+    ) -> Option<(usize, usize, usize, Level)> {
+        self.hinted.as_ref()?;
+        let members = self.doc.found.members(self.level);
+        members
+            .iter()
+            .enumerate()
+            .find_map(|(slot, &(key, range, level))| {
+                let (s, e) = range?;
+                (self.start < s && s < e && e <= self.end && want(key, s, e))
+                    .then_some((slot, s, e, level))
+            })
+    }
+
     /// One pass over the members of this level.
     fn scan(&self) -> Option<MapIndex> {
         let b: &[u8] = &self.doc;
@@ -400,8 +472,8 @@ impl MapNode {
                 let start = ws(b, i + 1);
                 // A value the decoder found is not scanned again (the object's `spec` is
                 // most of its text).
-                let end = match self.hinted.iter().find(|(h, _)| h.start == start) {
-                    Some((h, _)) => h.end,
+                let end = match self.found(|_, s, _| s == start) {
+                    Some((_, _, e, _)) => e,
                     None => value_end(b, start)?,
                 };
                 if entries.len() % 1024 == 1023
@@ -493,7 +565,7 @@ impl MapNode {
 
     fn value<'s>(&'s self, e: &'s Entry) -> Option<&'s (dyn Val + 'static)> {
         e.value
-            .get_or_init(|| convert(&self.doc, e.start, e.end, Vec::new()))
+            .get_or_init(|| convert(&self.doc, e.start, e.end, Level::Other))
             .as_deref()
     }
 
@@ -565,9 +637,11 @@ impl Indexer for LazyMap {
         let Some(key) = as_key(idx) else {
             return Indexer::get(self.0.built(), idx);
         };
-        if let Some((h, v)) = self.0.hinted.iter().find(|(h, _)| h.key == key) {
-            return v
-                .get_or_init(|| convert(&self.0.doc, h.start, h.end, h.children.clone()))
+        if let Some((slot, start, end, level)) = self.0.found(|k, _, _| k == key)
+            && let Some(slots) = &self.0.hinted
+        {
+            return slots[slot]
+                .get_or_init(|| convert(&self.0.doc, start, end, level))
                 .as_deref()
                 .map(CowVal::Borrowed)
                 .ok_or_else(scan_error);
@@ -696,7 +770,7 @@ impl ListNode {
                 }
                 let end = value_end(b, i)?;
                 pending += weight(b, i, end);
-                items.push(convert(&self.doc, i, end, Vec::new())?);
+                items.push(convert(&self.doc, i, end, Level::Other)?);
                 i = ws(b, end);
                 match *b.get(i)? {
                     b',' => i = ws(b, i + 1),
@@ -835,25 +909,31 @@ thread_local! {
 pub(crate) fn shared_root(
     bytes: &[u8],
     user: usize,
-    hints: impl FnOnce() -> Vec<Hint>,
+    found: impl FnOnce() -> Found,
 ) -> Result<Owned, String> {
     SCRATCH.with(|scratch| {
         let mut slots = scratch.borrow_mut();
-        if let Some(slot) = slots.iter_mut().find(|s| **s.doc == *bytes)
+        let same = slots.iter().position(|s| **s.doc == *bytes);
+        if let Some(slot) = same.map(|i| &mut slots[i])
             && !slot.users.contains(&user)
         {
             slot.users.push(user);
             return Ok(slot.root.clone_as_boxed());
         }
-        let (doc, root) = root_of(bytes, hints(), true)?;
-        slots.retain(|s| **s.doc != *bytes);
+        let (doc, root) = root_of(bytes, found(), true)?;
+        let mut users = match same {
+            Some(i) => std::mem::take(&mut slots.remove(i).users),
+            None => Vec::new(),
+        };
+        users.clear();
+        users.push(user);
         if slots.len() >= SLOTS {
             slots.remove(0);
         }
         slots.push(Slot {
             doc,
             root: root.clone_as_boxed(),
-            users: vec![user],
+            users,
         });
         Ok(root)
     })
@@ -1043,17 +1123,17 @@ mod tests {
     #[test]
     fn a_review_s_policies_share_the_conversion_and_a_new_review_starts_afresh() {
         let text = br#"{"spec": {"replicas": 3}}"#;
-        let first = shared_root(text, 1, Vec::new).unwrap();
-        let second = shared_root(text, 2, Vec::new).unwrap();
+        let first = shared_root(text, 1, Found::default).unwrap();
+        let second = shared_root(text, 2, Found::default).unwrap();
         let (a, b) = (
             first.downcast_ref::<LazyMap>().unwrap(),
             second.downcast_ref::<LazyMap>().unwrap(),
         );
         assert!(Arc::ptr_eq(&a.0, &b.0), "policy 2 of the review reuses it");
-        let again = shared_root(text, 1, Vec::new).unwrap();
+        let again = shared_root(text, 1, Found::default).unwrap();
         let c = again.downcast_ref::<LazyMap>().unwrap();
         assert!(!Arc::ptr_eq(&a.0, &c.0), "policy 1 again: a new review");
-        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new).unwrap();
+        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Found::default).unwrap();
         assert_eq!(
             value(&*get(&*get(other.as_ref(), "spec").unwrap(), "replicas").unwrap()),
             ::cel::Value::Int(4)
