@@ -239,7 +239,9 @@ pub struct Activation<'a> {
     /// Set when the text is known to be valid JSON (the review decoder checked it), with
     /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
     checked: Option<usize>,
-    hints: Hints<'a>,
+    /// Where the review decoder found the parts of the object (`false`) and old object
+    /// (`true`), made when an object is converted.
+    found: Option<&'a (dyn Fn(bool) -> lazy::Found + Sync + 'a)>,
 }
 
 /// The request attributes an activation shows as `request`: given, or made from the review
@@ -247,13 +249,6 @@ pub struct Activation<'a> {
 enum Attrs<'a> {
     Given(&'a Attributes),
     Review(&'a (dyn Fn() -> Attributes + Sync + 'a)),
-}
-
-/// Where the review decoder found the parts of the object and old object: given, or made
-/// from the review when an object is converted.
-enum Hints<'a> {
-    Given([lazy::Found; 2]),
-    Review(&'a (dyn Fn(bool) -> lazy::Found + Sync + 'a)),
 }
 
 impl<'a> Activation<'a> {
@@ -271,7 +266,7 @@ impl<'a> Activation<'a> {
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
             checked: None,
-            hints: Hints::Given(Default::default()),
+            found: None,
         }
     }
 
@@ -283,11 +278,11 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
-        hints: [lazy::Found; 2],
+        found: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
     ) -> Self {
         Activation {
             checked: Some(user),
-            hints: Hints::Given(hints),
+            found: Some(found),
             ..Activation::new(attrs, object, old_object)
         }
     }
@@ -300,7 +295,7 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
-        hints: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
+        found: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
     ) -> Self {
         Activation {
             attrs: Attrs::Review(attrs),
@@ -310,16 +305,15 @@ impl<'a> Activation<'a> {
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
             checked: Some(user),
-            hints: Hints::Review(hints),
+            found: Some(found),
         }
     }
 
     fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
-            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user, || match &self.hints {
-                Hints::Given(h) => h[usize::from(old)],
-                Hints::Review(f) => f(old),
+            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user, || {
+                self.found.map(|f| f(old)).unwrap_or_default()
             }),
             (Some(bytes), None) => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
@@ -1404,12 +1398,19 @@ pub(crate) fn with_activation<T>(
     let attrs = Attributes::of(review);
     let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
     let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
-    let hints = [
-        review.object.as_ref().map(hints).unwrap_or_default(),
-        review.old_object.as_ref().map(hints).unwrap_or_default(),
-    ];
-    let act = Activation::of_checked(&attrs, object, old_object, user, hints);
+    let found = |old: bool| found_in(review, old);
+    let act = Activation::of_checked(&attrs, object, old_object, user, &found);
     f(&attrs, &act)
+}
+
+/// Where the decoder found the parts of the review's object (or old object, when `old`).
+fn found_in(review: &crate::admission::Review<'_>, old: bool) -> lazy::Found {
+    let o = if old {
+        &review.old_object
+    } else {
+        &review.object
+    };
+    o.as_ref().map(hints).unwrap_or_default()
 }
 
 /// Where the decoder found the object's parts, as offsets into its text.
@@ -1468,20 +1469,13 @@ impl crate::policy::Check for CelPolicy {
         let user = Arc::as_ptr(&self.inner) as usize;
         let review = ctx.review;
         let attrs = || Attributes::of(review);
-        let find_hints = |old: bool| {
-            let o = if old {
-                &review.old_object
-            } else {
-                &review.object
-            };
-            o.as_ref().map(hints).unwrap_or_default()
-        };
+        let found = |old: bool| found_in(review, old);
         let act = Activation::of_review(
             &attrs,
             review.object.as_ref().map(|o| o.raw.text().as_bytes()),
             review.old_object.as_ref().map(|o| o.raw.text().as_bytes()),
             user,
-            &find_hints,
+            &found,
         );
         let e = CelPolicy::evaluate(self, &act);
         annotate(ctx, ctx.policy, e.audit_annotations);
