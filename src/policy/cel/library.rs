@@ -94,18 +94,31 @@ pub(crate) const IN: &str = "@gatehouse_in";
 
 fn register_comparisons(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
     env.add_overload(EQUALS, EQUALS, vec![DYN_TYPE, DYN_TYPE], |args| {
-        owned(CelBool::from(equal(&*args[0], &*args[1])))
+        let (a, b) = pair(&args, "==")?;
+        owned(CelBool::from(equal(a, b)))
     })?;
     env.add_overload(NOT_EQUALS, NOT_EQUALS, vec![DYN_TYPE, DYN_TYPE], |args| {
-        owned(CelBool::from(!equal(&*args[0], &*args[1])))
+        let (a, b) = pair(&args, "!=")?;
+        owned(CelBool::from(!equal(a, b)))
     })?;
     env.add_overload(IN, IN, vec![DYN_TYPE, DYN_TYPE], contains)
+}
+
+/// The two operands of a comparison.
+fn pair<'a, 'v>(
+    args: &'a [CowVal<'_, 'v>],
+    f: &str,
+) -> Result<(&'a (dyn Val + 'v), &'a (dyn Val + 'v)), ExecutionError> {
+    match args {
+        [a, b] => Ok((a.as_ref(), b.as_ref())),
+        _ => Err(err(f, "expects two operands")),
+    }
 }
 
 /// `x in c`: for a list, whether an item equals `x` (of any representation); otherwise as the
 /// interpreter's `in` answers, with its errors.
 fn contains<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
-    let (needle, haystack) = (&*args[0], &*args[1]);
+    let (needle, haystack) = pair(&args, "in")?;
     if let Some(found) = list_contains(haystack, needle) {
         return owned(CelBool::from(found));
     }
