@@ -22,12 +22,12 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ::cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use ::cel::common::ast::{EntryExpr, Expr, IdedExpr, operators};
 use ::cel::common::traits::Indexer;
-use ::cel::common::types::{CelBool, CelMapKey, CelNull, CelString, Type};
-use ::cel::common::value::{BuiltinRef, CowVal, Val};
+use ::cel::common::types::{CelBool, CelMapKey, CelNull, CelString, Kind, Type};
+use ::cel::common::value::{CowVal, Val};
 use ::cel::context::VariableResolver;
-use ::cel::{Context, ExecutionError, Program, Value};
+use ::cel::{Context, ExecutionError, Value};
 use serde::Deserialize;
 
 use value::{BudgetGuard, Owned, PER_EXPRESSION_COST, PER_POLICY_COST, SharedMap};
@@ -118,7 +118,10 @@ const REASONS: &[&str] = &[
 #[derive(Debug)]
 struct Compiled {
     source: String,
-    program: Program,
+    /// The expression as evaluated (see [`rewrite`]).
+    expr: IdedExpr,
+    /// The expression when it is a comparison of a name with a literal (see [`Simple`]).
+    simple: Option<Simple>,
     /// Indices of the variables it reads directly.
     uses: Vec<usize>,
     /// Cost of one comprehension step: the node count of its largest loop body.
@@ -227,7 +230,7 @@ pub struct Attributes {
 /// What one review shows CEL policies: its attributes and the raw JSON of its objects, decoded
 /// into CEL values on first use and shared by every CEL policy that judges the review.
 pub struct Activation<'a> {
-    attrs: &'a Attributes,
+    attrs: Attrs<'a>,
     object: Option<&'a [u8]>,
     old_object: Option<&'a [u8]>,
     object_val: OnceLock<Result<Owned, String>>,
@@ -236,7 +239,16 @@ pub struct Activation<'a> {
     /// Set when the text is known to be valid JSON (the review decoder checked it), with
     /// the policy to claim the review's shared conversion for (see [`lazy::shared_root`]).
     checked: Option<usize>,
-    hints: [Vec<lazy::Hint>; 2],
+    /// Where the review decoder found the parts of the object (`false`) and old object
+    /// (`true`), made when an object is converted.
+    found: Option<&'a (dyn Fn(bool) -> lazy::Found + Sync + 'a)>,
+}
+
+/// The request attributes an activation shows as `request`: given, or made from the review
+/// the first time an expression reads `request` (most read only the object).
+enum Attrs<'a> {
+    Given(&'a Attributes),
+    Review(&'a (dyn Fn() -> Attributes + Sync + 'a)),
 }
 
 impl<'a> Activation<'a> {
@@ -247,14 +259,14 @@ impl<'a> Activation<'a> {
         old_object: Option<&'a [u8]>,
     ) -> Self {
         Activation {
-            attrs,
+            attrs: Attrs::Given(attrs),
             object,
             old_object,
             object_val: OnceLock::new(),
             old_object_val: OnceLock::new(),
             request_val: OnceLock::new(),
             checked: None,
-            hints: Default::default(),
+            found: None,
         }
     }
 
@@ -266,21 +278,43 @@ impl<'a> Activation<'a> {
         object: Option<&'a [u8]>,
         old_object: Option<&'a [u8]>,
         user: usize,
-        hints: [Vec<lazy::Hint>; 2],
+        found: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
     ) -> Self {
         Activation {
             checked: Some(user),
-            hints,
+            found: Some(found),
             ..Activation::new(attrs, object, old_object)
+        }
+    }
+
+    /// The activation of a decoded review evaluated by policy `user`, as
+    /// [`Activation::of_checked`], with the request attributes and the decoder's hints made
+    /// from the review only when an expression needs them.
+    fn of_review(
+        attrs: &'a (dyn Fn() -> Attributes + Sync + 'a),
+        object: Option<&'a [u8]>,
+        old_object: Option<&'a [u8]>,
+        user: usize,
+        found: &'a (dyn Fn(bool) -> lazy::Found + Sync + 'a),
+    ) -> Self {
+        Activation {
+            attrs: Attrs::Review(attrs),
+            object,
+            old_object,
+            object_val: OnceLock::new(),
+            old_object_val: OnceLock::new(),
+            request_val: OnceLock::new(),
+            checked: Some(user),
+            found: Some(found),
         }
     }
 
     fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
-            (Some(bytes), Some(user)) => {
-                lazy::shared_root(bytes, user, self.hints[usize::from(old)].clone())
-            }
+            (Some(bytes), Some(user)) => lazy::shared_root(bytes, user, || {
+                self.found.map(|f| f(old)).unwrap_or_default()
+            }),
             (Some(bytes), None) => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
                     .map_err(|e| format!("the object is not valid JSON: {e}"))?;
@@ -336,7 +370,10 @@ impl<'a> Activation<'a> {
 
     fn request(&self) -> &dyn Val {
         self.request_val
-            .get_or_init(|| request_value(self.attrs))
+            .get_or_init(|| match self.attrs {
+                Attrs::Given(a) => request_value(a),
+                Attrs::Review(make) => request_value(&make()),
+            })
             .as_ref()
     }
 }
@@ -540,12 +577,174 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
     uses.sort_unstable();
     uses.dedup();
     let step_cost = step_cost(program.expression()) as u64;
+    let mut expr = program.expression().clone();
+    rewrite(&mut expr);
     Ok(Compiled {
         source: source.to_owned(),
-        program,
+        simple: Simple::of(&expr),
+        expr,
         uses,
         step_cost,
     })
+}
+
+/// Sends `==`, `!=` and `in` whose operands could hold a plain list or map on one side and a
+/// part of the object on the other to [`library::EQUALS`], [`library::NOT_EQUALS`] and
+/// [`library::IN`], which compare values of every representation ([`value::equal`]): the
+/// interpreter's own operators ask the left operand (or each item of the list) only, and
+/// cel-rust's plain lists and maps compare equal to their own kind only, not to the object's
+/// lazy parts. A comparison with a literal scalar, and `in` a literal map or a literal list of
+/// scalars, keep the interpreter's operators: there the left side decides correctly.
+fn rewrite(e: &mut IdedExpr) {
+    let literal = |x: &IdedExpr| matches!(x.expr, Expr::Literal(_));
+    match &mut e.expr {
+        Expr::Call(call) => {
+            if call.target.is_none() && call.args.len() == 2 {
+                let (a, b) = (&call.args[0], &call.args[1]);
+                let to = match call.func_name.as_str() {
+                    operators::EQUALS if !literal(a) && !literal(b) => Some(library::EQUALS),
+                    operators::NOT_EQUALS if !literal(a) && !literal(b) => {
+                        Some(library::NOT_EQUALS)
+                    }
+                    operators::IN => {
+                        let plain = match &b.expr {
+                            Expr::List(l) => l.elements.iter().all(literal),
+                            Expr::Map(_) => true,
+                            _ => false,
+                        };
+                        (!literal(a) && !plain).then_some(library::IN)
+                    }
+                    _ => None,
+                };
+                if let Some(to) = to {
+                    call.func_name = to.to_owned();
+                }
+            }
+            if let Some(t) = &mut call.target {
+                rewrite(t);
+            }
+            call.args.iter_mut().for_each(rewrite);
+        }
+        Expr::Select(sel) => rewrite(&mut sel.operand),
+        Expr::List(list) => list.elements.iter_mut().for_each(rewrite),
+        Expr::Map(::cel::common::ast::MapExpr { entries: m })
+        | Expr::Struct(::cel::common::ast::StructExpr { entries: m, .. }) => {
+            for entry in m {
+                match &mut entry.expr {
+                    EntryExpr::MapEntry(me) => {
+                        rewrite(&mut me.key);
+                        rewrite(&mut me.value);
+                    }
+                    EntryExpr::StructField(f) => rewrite(&mut f.value),
+                }
+            }
+        }
+        Expr::Comprehension(c) => {
+            rewrite(&mut c.iter_range);
+            rewrite(&mut c.accu_init);
+            rewrite(&mut c.loop_cond);
+            rewrite(&mut c.loop_step);
+            rewrite(&mut c.result);
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// An expression that compares a qualified name with a literal, such as
+/// `object.spec.replicas >= 3`: evaluated as the interpreter evaluates it (the name resolved by
+/// [`Scope::resolve_path`], charged alike; the operator as the interpreter applies it), without
+/// the interpreter's set-up, when the name resolves and the values compare. Otherwise (a
+/// missing field, values that do not compare) the interpreter evaluates it and reports the
+/// error, the budget as it was before.
+#[derive(Debug)]
+struct Simple {
+    root: String,
+    path: String,
+    op: Comparison,
+    literal: ::cel::common::ast::LiteralValue,
+    literal_first: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Comparison {
+    Equal,
+    NotEqual,
+    Less,
+    LessEqual,
+    Greater,
+    GreaterEqual,
+}
+
+impl Simple {
+    fn of(e: &IdedExpr) -> Option<Simple> {
+        let Expr::Call(call) = &e.expr else {
+            return None;
+        };
+        let op = match call.func_name.as_str() {
+            operators::EQUALS => Comparison::Equal,
+            operators::NOT_EQUALS => Comparison::NotEqual,
+            operators::LESS => Comparison::Less,
+            operators::LESS_EQUALS => Comparison::LessEqual,
+            operators::GREATER => Comparison::Greater,
+            operators::GREATER_EQUALS => Comparison::GreaterEqual,
+            _ => return None,
+        };
+        if call.target.is_some() || call.args.len() != 2 {
+            return None;
+        }
+        let (name, literal, literal_first) = match (&call.args[0].expr, &call.args[1].expr) {
+            (Expr::Literal(l), name) => (name, l, true),
+            (name, Expr::Literal(l)) => (name, l, false),
+            _ => return None,
+        };
+        let mut fields = Vec::new();
+        let mut at = name;
+        let root = loop {
+            match at {
+                Expr::Select(sel) if !sel.test => {
+                    fields.push(sel.field.as_str());
+                    at = &sel.operand.expr;
+                }
+                Expr::Ident(root) => break root,
+                _ => return None,
+            }
+        };
+        if fields.is_empty()
+            || !["object", "oldObject", "request", "params"].contains(&root.as_str())
+        {
+            return None;
+        }
+        fields.reverse();
+        Some(Simple {
+            root: root.clone(),
+            path: fields.join("."),
+            op,
+            literal: literal.clone(),
+            literal_first,
+        })
+    }
+
+    /// The comparison's result, or `None` for the interpreter to evaluate it.
+    fn eval(&self, scope: &Scope<'_, '_, '_>) -> Option<bool> {
+        let value = scope.resolve_path(&self.root, &self.path)?;
+        let literal = self.literal.to_val();
+        let (left, right): (&dyn Val, &dyn Val) = if self.literal_first {
+            (literal.as_ref(), value.as_ref())
+        } else {
+            (value.as_ref(), literal.as_ref())
+        };
+        let order = |want: fn(std::cmp::Ordering) -> bool| {
+            left.as_comparer()?.compare(right).ok().map(want)
+        };
+        match self.op {
+            Comparison::Equal => Some(left.equals(right)),
+            Comparison::NotEqual => Some(!left.equals(right)),
+            Comparison::Less => order(|o| o.is_lt()),
+            Comparison::LessEqual => order(|o| o.is_le()),
+            Comparison::Greater => order(|o| o.is_gt()),
+            Comparison::GreaterEqual => order(|o| o.is_ge()),
+        }
+    }
 }
 
 /// Refuses identifiers the environment does not declare: `namespaceObject` and `authorizer`
@@ -916,14 +1115,14 @@ impl Run<'_, '_> {
 
 fn execute(c: &Compiled, scope: &Scope<'_, '_, '_>) -> Result<Value, String> {
     with_result(c, scope, |v| {
-        if matches!(v.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
+        if matches!(v.get_type().kind(), Kind::List | Kind::Map) {
             // Only variables may be lists or maps; copying one into a result is never needed.
             return Err(format!(
                 "the expression must evaluate to a bool or a string, not {}",
                 v.get_type().name()
             ));
         }
-        Value::try_from(v).map_err(|e| e.to_string())
+        value::to_value(v).map_err(|e| e.to_string())
     })
 }
 
@@ -936,10 +1135,17 @@ fn with_result<T>(
     if let Some(e) = scope.act_error() {
         return Err(e);
     }
+    if let Some(simple) = &c.simple {
+        let before = value::BudgetSnapshot::take();
+        if let Some(result) = simple.eval(scope) {
+            return f(&CelBool::from(result));
+        }
+        before.restore();
+    }
     let mut ctx = Context::with_env(Arc::clone(&library::ENV));
     ctx.set_variable_resolver(scope);
     let previous = value::set_iteration_cost(c.step_cost);
-    let result = Value::resolve_val(c.program.expression(), &ctx)
+    let result = Value::resolve_val(&c.expr, &ctx)
         .map_err(|e| e.to_string())
         .and_then(|v| f(v.as_ref()));
     value::set_iteration_cost(previous);
@@ -1074,24 +1280,8 @@ impl Variables<'_, '_> {
                 };
                 value::charge_or_fail(&format!("variables.{name}"), size)
                     .map_err(|e| e.to_string())?;
-                // Parts of the object are shared, not copied.
-                if let Some(l) = v.downcast_ref::<value::SharedList>() {
-                    return Ok(Box::new(l.clone()) as Owned);
-                }
-                if let Some(m) = v.downcast_ref::<value::SharedMap>() {
-                    return Ok(Box::new(m.clone()) as Owned);
-                }
-                if let Some(l) = v.downcast_ref::<lazy::LazyList>() {
-                    return Ok(Box::new(l.clone()) as Owned);
-                }
-                if let Some(m) = v.downcast_ref::<lazy::LazyMap>() {
-                    return Ok(Box::new(m.clone()) as Owned);
-                }
-                let v = Value::try_from(v).map_err(|e| e.to_string())?;
-                let boxed: Owned = v
-                    .try_into()
-                    .map_err(|_| format!("variable `{name}` has a value CEL cannot hold"))?;
-                Ok(value::share(boxed))
+                // Parts of the object, and shared lists and maps, are shared, not copied.
+                value::to_static(v).map_err(|e| e.to_string())
             })
         })
     }
@@ -1208,56 +1398,41 @@ pub(crate) fn with_activation<T>(
     let attrs = Attributes::of(review);
     let object = review.object.as_ref().map(|o| o.raw.text().as_bytes());
     let old_object = review.old_object.as_ref().map(|o| o.raw.text().as_bytes());
-    let hints = [
-        review.object.as_ref().map(hints).unwrap_or_default(),
-        review.old_object.as_ref().map(hints).unwrap_or_default(),
-    ];
-    let act = Activation::of_checked(&attrs, object, old_object, user, hints);
+    let found = |old: bool| found_in(review, old);
+    let act = Activation::of_checked(&attrs, object, old_object, user, &found);
     f(&attrs, &act)
 }
 
+/// Where the decoder found the parts of the review's object (or old object, when `old`).
+fn found_in(review: &crate::admission::Review<'_>, old: bool) -> lazy::Found {
+    let o = if old {
+        &review.old_object
+    } else {
+        &review.object
+    };
+    o.as_ref().map(hints).unwrap_or_default()
+}
+
 /// Where the decoder found the object's parts, as offsets into its text.
-fn hints(o: &crate::admission::Object<'_>) -> Vec<lazy::Hint> {
+fn hints(o: &crate::admission::Object<'_>) -> lazy::Found {
     let base = o.raw.text();
-    let at = |key: &'static str, part: Option<crate::admission::Raw<'_>>, children| {
+    let at = |part: Option<crate::admission::Raw<'_>>| {
         let text = part?.text();
         let start = (text.as_ptr() as usize).checked_sub(base.as_ptr() as usize)?;
         let end = start + text.len();
-        (end <= base.len()).then_some(lazy::Hint {
-            key,
-            start,
-            end,
-            children,
-        })
+        (end <= base.len()).then_some((start, end))
     };
-    let spec = at(
-        "spec",
-        o.spec,
-        [
-            at("replicas", o.replicas, Vec::new()),
-            at("template", o.spec_template, Vec::new()),
-            at("jobTemplate", o.job_template, Vec::new()),
-            at("containers", o.spec_containers, Vec::new()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    );
-    let metadata = at(
-        "metadata",
-        o.metadata,
-        [
-            at("labels", o.labels, Vec::new()),
-            at("annotations", o.annotations, Vec::new()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    );
-    [spec, metadata, at("template", o.template, Vec::new())]
-        .into_iter()
-        .flatten()
-        .collect()
+    lazy::Found {
+        metadata: at(o.metadata),
+        spec: at(o.spec),
+        template: at(o.template),
+        labels: at(o.labels),
+        annotations: at(o.annotations),
+        replicas: at(o.replicas),
+        spec_template: at(o.spec_template),
+        job_template: at(o.job_template),
+        containers: at(o.spec_containers),
+    }
 }
 
 /// Hands a policy's audit annotations to the decision, keyed `<policy name>/<key>` as the
@@ -1292,7 +1467,17 @@ pub(crate) fn outcome(verdict: Verdict) -> crate::policy::Outcome {
 impl crate::policy::Check for CelPolicy {
     fn evaluate<'r>(&'r self, ctx: &'r crate::policy::EvalCtx<'r, '_>) -> crate::policy::Eval<'r> {
         let user = Arc::as_ptr(&self.inner) as usize;
-        let e = with_activation(ctx.review, user, |_, act| CelPolicy::evaluate(self, act));
+        let review = ctx.review;
+        let attrs = || Attributes::of(review);
+        let found = |old: bool| found_in(review, old);
+        let act = Activation::of_review(
+            &attrs,
+            review.object.as_ref().map(|o| o.raw.text().as_bytes()),
+            review.old_object.as_ref().map(|o| o.raw.text().as_bytes()),
+            user,
+            &found,
+        );
+        let e = CelPolicy::evaluate(self, &act);
         annotate(ctx, ctx.policy, e.audit_annotations);
         crate::policy::Eval::Done(outcome(e.verdict))
     }
@@ -1386,6 +1571,25 @@ mod tests {
     #[case(
         "object.spec.template.spec.containers[1].?resources.?limits.?memory.orValue('none') == 'none'"
     )]
+    // equality and `in` between the object's parts and plain lists and maps, either side
+    #[case("{'app': 'web', 'team': 'payments'} == object.metadata.labels")]
+    #[case("object.metadata.labels == {'team': 'payments', 'app': 'web'}")]
+    #[case("{'app': 'web'} != object.metadata.labels && object.metadata.labels != {'app': 'x'}")]
+    #[case(
+        "{'name': 'sidecar', 'image': 'registry.example.com/proxy:1.2'} == object.spec.template.spec.containers[1]"
+    )]
+    #[case("[{'app': 'web', 'team': 'payments'}] == [object.metadata.labels]")]
+    #[case("[object.metadata.labels] == [{'app': 'web', 'team': 'payments'}]")]
+    #[case(
+        "object.spec.template.spec.containers.filter(c, c.name == 'web') == [object.spec.template.spec.containers[0]]"
+    )]
+    #[case("['web', 'sidecar'] == object.spec.template.spec.containers.map(c, c.name)")]
+    #[case("object.metadata.labels in [{'app': 'web', 'team': 'payments'}]")]
+    #[case("{'team': 'payments', 'app': 'web'} in [object.metadata.labels]")]
+    #[case("object.metadata.name in [object.metadata.labels.app, 'x']")]
+    #[case("optional.of({'app': 'web', 'team': 'payments'}) == object.metadata.?labels")]
+    #[case("[{'app': 'web', 'team': 'payments'}].indexOf(object.metadata.labels) == 0")]
+    #[case("object.spec.template == object.spec.template && object.spec != object.metadata")]
     #[case("optional.of(1).hasValue() && !optional.none().hasValue()")]
     #[case("{'a': 1}[?'a'].orValue(0) == 1 && {'a': 1}[?'b'].orValue(0) == 0")]
     #[case("optional.of(2).value() == 2 && !optional.ofNonZeroValue(0).hasValue()")]
@@ -1559,6 +1763,48 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(verdict(&p, &deployment(3, "x")), Verdict::Pass);
+    }
+
+    /// A comparison of a name with a literal, evaluated without the interpreter when it can
+    /// be, answers as the interpreter does, errors included.
+    #[rstest]
+    #[case("object.spec.replicas >= 3")]
+    #[case("3 <= object.spec.replicas")]
+    #[case("object.spec.replicas > 3")]
+    #[case("object.spec.replicas != 3")]
+    #[case("object.spec.replicas < 3.5")]
+    #[case("object.spec.replicas == 3u")]
+    #[case("object.metadata.name == 'web'")]
+    #[case("'web' != object.metadata.name")]
+    #[case("object.metadata.name > 'a'")]
+    #[case("object.metadata.labels == null")]
+    #[case("request.operation == 'CREATE'")]
+    #[case("params.min == null")]
+    #[case("object.spec.replicas > 'a'")]
+    #[case("object.spec.missing == 1")]
+    #[case("object.spec.replicas.x == 1")]
+    #[case("oldObject.spec == null")]
+    fn comparisons_with_a_literal_answer_as_the_interpreter(#[case] expr: &str) {
+        let run = |expr: &str| {
+            let p = policy(&format!(
+                "validations:\n- expression: {}\n  message: no\n",
+                serde_json::to_string(expr).unwrap()
+            ))
+            .unwrap();
+            assert_eq!(
+                p.inner.validations[0].expression.simple.is_some(),
+                !expr.starts_with("true &&"),
+                "{expr}"
+            );
+            match verdict(&p, &deployment(3, "nginx")) {
+                Verdict::Error(e) => {
+                    Err(e.split_once(" resulted in error: ").unwrap().1.to_owned())
+                }
+                v => Ok(v),
+            }
+        };
+        let fast = run(expr);
+        assert_eq!(fast, run(&format!("true && ({expr})")), "{expr}");
     }
 
     #[test]

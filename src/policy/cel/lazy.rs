@@ -7,8 +7,9 @@
 //! only the value selected (a nested object or array becomes another lazy value, a scalar its
 //! CEL value); a list is converted one level down on its first index, size or iteration.
 //! Converted parts are kept, so the same review's policies share them. Equality compares
-//! entry by entry, converting only what it compares; a library function that needs a plain
-//! CEL map or list gets this level built once ([`Val::as_builtin`]).
+//! entry by entry, converting only what it compares. Neither answers cel-rust's downcasts to
+//! its plain map and list ([`Val::as_builtin`]): what needs the entries or items (equality,
+//! results, variables) reads them through [`super::value`].
 //!
 //! Indexing a level charges the running evaluation's budget one unit per member or element
 //! scanned, and iterating charges per element as for any other value (see [`super::value`]).
@@ -24,10 +25,10 @@ use std::sync::{Arc, OnceLock};
 use ::cel::ExecutionError;
 use ::cel::common::traits::{self, Container, Indexer, Iterable, Sizer, Zeroer};
 use ::cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, Kind, LIST_TYPE,
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, LIST_TYPE,
     MAP_TYPE, Type,
 };
-use ::cel::common::value::{Builtin, BuiltinRef, CowVal, StaticVal, Val};
+use ::cel::common::value::{CowVal, StaticVal, Val};
 
 use super::value::{Owned, charge, counted};
 
@@ -37,21 +38,68 @@ const HASHED: usize = 12;
 /// The JSON text value `bytes` as a CEL value, lazily converted. `bytes` must be one JSON
 /// value (surrounding whitespace allowed).
 pub(crate) fn root(bytes: &[u8]) -> Result<Owned, String> {
-    root_of(bytes, Vec::new(), false).map(|(_, v)| v)
+    root_of(bytes, Found::default(), false).map(|(_, v)| v)
 }
 
-/// Where a member of a map is, known before the map is scanned: the review decoder finds
-/// `metadata`, `spec`, `spec.replicas` and the pod template in its one pass, and a field
-/// access that reaches one of them needs no scan at all.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Hint {
-    /// The member's key.
-    pub(crate) key: &'static str,
-    /// Its value's range in the document.
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    /// Hints for the members of its value.
-    pub(crate) children: Vec<Hint>,
+/// Where the review decoder found parts of the object in its one pass (`metadata`, `spec`,
+/// `spec.replicas`, the pod template, labels, annotations), as ranges of the object's text: a
+/// field access that reaches one of them needs no scan at all, and a scan skips them. Plain
+/// offsets, so that handing them to a conversion allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Found {
+    pub(crate) metadata: Option<(usize, usize)>,
+    pub(crate) spec: Option<(usize, usize)>,
+    /// A PodTemplate's `template`.
+    pub(crate) template: Option<(usize, usize)>,
+    pub(crate) labels: Option<(usize, usize)>,
+    pub(crate) annotations: Option<(usize, usize)>,
+    pub(crate) replicas: Option<(usize, usize)>,
+    /// `spec.template`.
+    pub(crate) spec_template: Option<(usize, usize)>,
+    pub(crate) job_template: Option<(usize, usize)>,
+    pub(crate) containers: Option<(usize, usize)>,
+}
+
+/// Which level of the object a map is, for what [`Found`] knows of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Other,
+    Root,
+    Metadata,
+    Spec,
+}
+
+/// A member the decoder found: its key, its value's range, and that value's level.
+type Member = (&'static str, Option<(usize, usize)>, Level);
+
+/// How many members of one level [`Found`] can know.
+const FOUND_PER_LEVEL: usize = 4;
+
+impl Found {
+    fn members(&self, level: Level) -> [Member; FOUND_PER_LEVEL] {
+        const NONE: Member = ("", None, Level::Other);
+        match level {
+            Level::Root => [
+                ("metadata", self.metadata, Level::Metadata),
+                ("spec", self.spec, Level::Spec),
+                ("template", self.template, Level::Other),
+                NONE,
+            ],
+            Level::Metadata => [
+                ("labels", self.labels, Level::Other),
+                ("annotations", self.annotations, Level::Other),
+                NONE,
+                NONE,
+            ],
+            Level::Spec => [
+                ("replicas", self.replicas, Level::Other),
+                ("template", self.spec_template, Level::Other),
+                ("jobTemplate", self.job_template, Level::Other),
+                ("containers", self.containers, Level::Other),
+            ],
+            Level::Other => [NONE; FOUND_PER_LEVEL],
+        }
+    }
 }
 
 /// Memory the values converted out of one object may take at most, as [`weight`] estimates
@@ -70,9 +118,11 @@ fn weight(b: &[u8], start: usize, end: usize) -> usize {
     }
 }
 
-/// One object's JSON text, and how many of its values have been converted.
+/// One object's JSON text, where the decoder found its parts, and how many of its values
+/// have been converted.
 pub(crate) struct Doc {
     bytes: Box<[u8]>,
+    found: Found,
     converted: AtomicUsize,
 }
 
@@ -97,9 +147,10 @@ impl Doc {
 }
 
 /// `checked`: the text is known to be one JSON value (no scan for its end).
-fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<Doc>, Owned), String> {
+fn root_of(bytes: &[u8], found: Found, checked: bool) -> Result<(Arc<Doc>, Owned), String> {
     let doc = Arc::new(Doc {
         bytes: bytes.into(),
+        found,
         converted: AtomicUsize::new(0),
     });
     let start = ws(&doc, 0);
@@ -117,7 +168,7 @@ fn root_of(bytes: &[u8], hints: Vec<Hint>, checked: bool) -> Result<(Arc<Doc>, O
         }
         end
     };
-    let value = convert(&doc, start, end, hints).ok_or_else(malformed)?;
+    let value = convert(&doc, start, end, Level::Root).ok_or_else(malformed)?;
     Ok((doc, value))
 }
 
@@ -125,7 +176,7 @@ fn malformed() -> String {
     "the object is not valid JSON".to_owned()
 }
 
-fn scan_error() -> ExecutionError {
+pub(crate) fn scan_error() -> ExecutionError {
     ExecutionError::function_error("object", malformed())
 }
 
@@ -217,18 +268,20 @@ fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
 
 /// The CEL value of the JSON value `doc[start..end]`, as the API server converts unstructured
 /// objects: integers as `int`, other numbers as `double`, objects and arrays lazily.
-fn convert(doc: &Arc<Doc>, start: usize, end: usize, hints: Vec<Hint>) -> Option<Owned> {
+fn convert(doc: &Arc<Doc>, start: usize, end: usize, level: Level) -> Option<Owned> {
     let b: &[u8] = doc;
     Some(match *b.get(start)? {
         b'{' => Box::new(LazyMap(Arc::new(MapNode {
             doc: Arc::clone(doc),
             start,
             end,
-            hinted: hints
-                .into_iter()
-                .filter(|h| h.start < h.end && h.end <= end && h.start > start)
-                .map(|h| (h, OnceLock::new()))
-                .collect(),
+            level,
+            hinted: doc
+                .found
+                .members(level)
+                .iter()
+                .any(|m| m.1.is_some())
+                .then(Default::default),
             index: OnceLock::new(),
             built: OnceLock::new(),
         }))),
@@ -339,7 +392,9 @@ struct MapNode {
     doc: Arc<Doc>,
     start: usize,
     end: usize,
-    hinted: Vec<(Hint, OnceLock<Option<Owned>>)>,
+    level: Level,
+    /// The values of the members the decoder found, converted on first use.
+    hinted: Option<Box<[OnceLock<Option<Owned>>; FOUND_PER_LEVEL]>>,
     index: OnceLock<Option<MapIndex>>,
     built: OnceLock<CelMap<'static>>,
 }
@@ -362,8 +417,35 @@ impl MapNode {
         }
     }
 
+    /// The key's bytes, unchecked (for comparisons: two keys are equal when their bytes are,
+    /// and a raw key has no escapes).
+    fn key_bytes<'s>(&'s self, e: &'s Entry) -> &'s [u8] {
+        match &e.key {
+            KeyText::Raw(s, t) => self.doc.get(*s..*t).unwrap_or_default(),
+            KeyText::Decoded(k) => k.as_bytes(),
+        }
+    }
+
     fn index(&self) -> Option<&MapIndex> {
         self.index.get_or_init(|| self.scan()).as_ref()
+    }
+
+    /// The first member the decoder found in this map for which `want(key, start, end)`
+    /// holds: its slot, its value's range and level.
+    fn found(
+        &self,
+        want: impl Fn(&str, usize, usize) -> bool,
+    ) -> Option<(usize, usize, usize, Level)> {
+        self.hinted.as_ref()?;
+        let members = self.doc.found.members(self.level);
+        members
+            .iter()
+            .enumerate()
+            .find_map(|(slot, &(key, range, level))| {
+                let (s, e) = range?;
+                (self.start < s && s < e && e <= self.end && want(key, s, e))
+                    .then_some((slot, s, e, level))
+            })
     }
 
     /// One pass over the members of this level.
@@ -388,7 +470,12 @@ impl MapNode {
                     return None;
                 }
                 let start = ws(b, i + 1);
-                let end = value_end(b, start)?;
+                // A value the decoder found is not scanned again (the object's `spec` is
+                // most of its text).
+                let end = match self.found(|_, s, _| s == start) {
+                    Some((_, _, e, _)) => e,
+                    None => value_end(b, start)?,
+                };
                 if entries.len() % 1024 == 1023
                     && !self.doc.convert_more(std::mem::take(&mut pending))
                 {
@@ -446,8 +533,10 @@ impl MapNode {
             let n = index.entries.len();
             let mut keep = vec![true; n];
             for (a, kept) in keep.iter_mut().enumerate() {
-                let key = self.key(&index.entries[a]);
-                *kept = !index.entries[a + 1..].iter().any(|e| self.key(e) == key);
+                let key = self.key_bytes(&index.entries[a]);
+                *kept = !index.entries[a + 1..]
+                    .iter()
+                    .any(|e| self.key_bytes(e) == key);
             }
             if keep.iter().any(|k| !k) {
                 let mut n = 0;
@@ -466,14 +555,17 @@ impl MapNode {
         };
         let n = match &index.hashed {
             Some(h) => *h.get(key)?,
-            None => index.entries.iter().position(|e| self.key(e) == key)?,
+            None => index
+                .entries
+                .iter()
+                .position(|e| self.key_bytes(e) == key.as_bytes())?,
         };
         Some(Ok(&index.entries[n]))
     }
 
     fn value<'s>(&'s self, e: &'s Entry) -> Option<&'s (dyn Val + 'static)> {
         e.value
-            .get_or_init(|| convert(&self.doc, e.start, e.end, Vec::new()))
+            .get_or_init(|| convert(&self.doc, e.start, e.end, Level::Other))
             .as_deref()
     }
 
@@ -507,6 +599,36 @@ fn as_key(idx: &dyn Val) -> Option<&str> {
     idx.downcast_ref::<CelString>().map(|s| s.inner())
 }
 
+impl LazyMap {
+    /// Calls `f` with each member's key and value (converted as reached; `None` where its text
+    /// does not scan) until it returns false; `None` when this level does not scan.
+    pub(crate) fn all_entries<'s>(
+        &'s self,
+        mut f: impl FnMut(&str, Option<&'s (dyn Val + 'static)>) -> bool,
+    ) -> Option<bool> {
+        let index = self.0.index()?;
+        Some(
+            index
+                .entries
+                .iter()
+                .all(|e| f(self.0.key(e), self.0.value(e))),
+        )
+    }
+}
+
+/// Whether `a` and `b` are the same lazy map or list of the same document.
+pub(crate) fn same(a: &dyn Val, b: &dyn Val) -> bool {
+    if let (Some(a), Some(b)) = (a.downcast_ref::<LazyMap>(), b.downcast_ref::<LazyMap>()) {
+        return Arc::ptr_eq(&a.0, &b.0)
+            || (Arc::ptr_eq(&a.0.doc, &b.0.doc) && a.0.start == b.0.start);
+    }
+    if let (Some(a), Some(b)) = (a.downcast_ref::<LazyList>(), b.downcast_ref::<LazyList>()) {
+        return Arc::ptr_eq(&a.0, &b.0)
+            || (Arc::ptr_eq(&a.0.doc, &b.0.doc) && a.0.start == b.0.start);
+    }
+    false
+}
+
 impl Indexer for LazyMap {
     fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
     where
@@ -515,9 +637,11 @@ impl Indexer for LazyMap {
         let Some(key) = as_key(idx) else {
             return Indexer::get(self.0.built(), idx);
         };
-        if let Some((h, v)) = self.0.hinted.iter().find(|(h, _)| h.key == key) {
-            return v
-                .get_or_init(|| convert(&self.0.doc, h.start, h.end, h.children.clone()))
+        if let Some((slot, start, end, level)) = self.0.found(|k, _, _| k == key)
+            && let Some(slots) = &self.0.hinted
+        {
+            return slots[slot]
+                .get_or_init(|| convert(&self.0.doc, start, end, level))
                 .as_deref()
                 .map(CowVal::Borrowed)
                 .ok_or_else(scan_error);
@@ -583,31 +707,7 @@ impl Val for LazyMap {
     lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
-        if let Some(o) = other.downcast_ref::<LazyMap>()
-            && (Arc::ptr_eq(&self.0, &o.0)
-                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
-        {
-            return true;
-        }
-        if other.get_type().kind() != Kind::Map {
-            return false;
-        }
-        let Some(index) = self.0.index() else {
-            return false;
-        };
-        let (Some(sizer), Some(indexer)) = (other.as_sizer(), other.as_indexer()) else {
-            return false;
-        };
-        if *sizer.size().inner() != index.entries.len() as i64 {
-            return false;
-        }
-        index.entries.iter().all(|e| {
-            let key = CelString::from(self.0.key(e));
-            match (self.0.value(e), indexer.get(&key)) {
-                (Some(mine), Ok(theirs)) => mine.equals(theirs.as_ref()),
-                _ => false,
-            }
-        })
+        super::value::equal(self, other)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -621,19 +721,9 @@ impl Val for LazyMap {
         Box::new(self.clone())
     }
 
-    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
-    where
-        Self: 'w,
-    {
-        BuiltinRef::Map(self.0.built())
-    }
-
-    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
-    where
-        Self: 'w,
-    {
-        Some(Builtin::Map(self.0.built().clone()))
-    }
+    // `as_builtin` keeps its default, `BuiltinRef::Other`: cel-rust asks it of every operand
+    // (is it an optional?), and answering a plain map would build this level each time it is
+    // selected from. What needs the entries reads them through `super::value`.
 }
 
 impl StaticVal for LazyMap {}
@@ -680,7 +770,7 @@ impl ListNode {
                 }
                 let end = value_end(b, i)?;
                 pending += weight(b, i, end);
-                items.push(convert(&self.doc, i, end, Vec::new())?);
+                items.push(convert(&self.doc, i, end, Level::Other)?);
                 i = ws(b, end);
                 match *b.get(i)? {
                     b',' => i = ws(b, i + 1),
@@ -701,6 +791,13 @@ impl ListNode {
     fn items_or_empty(&self) -> &CelList<'static> {
         self.items()
             .unwrap_or_else(|| EMPTY_LIST.get_or_init(|| CelList::from(Vec::<Owned>::new())))
+    }
+}
+
+impl LazyList {
+    /// The items (converted one level down); `None` when the text does not scan.
+    pub(crate) fn items(&self) -> Option<&[Owned]> {
+        self.0.items().map(|l| l.inner())
     }
 }
 
@@ -766,16 +863,7 @@ impl Val for LazyList {
     lazy_accessors!();
 
     fn equals(&self, other: &dyn Val) -> bool {
-        if let Some(o) = other.downcast_ref::<LazyList>()
-            && (Arc::ptr_eq(&self.0, &o.0)
-                || (Arc::ptr_eq(&self.0.doc, &o.0.doc) && self.0.start == o.0.start))
-        {
-            return true;
-        }
-        match self.0.items() {
-            Some(items) => items.equals(other),
-            None => false,
-        }
+        super::value::equal(self, other)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -789,19 +877,7 @@ impl Val for LazyList {
         Box::new(self.clone())
     }
 
-    fn as_builtin<'b, 'w>(&'b self) -> BuiltinRef<'b, 'w>
-    where
-        Self: 'w,
-    {
-        BuiltinRef::List(self.0.items_or_empty())
-    }
-
-    fn into_builtin<'w>(self: Box<Self>) -> Option<Builtin<'w>>
-    where
-        Self: 'w,
-    {
-        Some(Builtin::List(self.0.items_or_empty().clone()))
-    }
+    // `as_builtin` keeps its default, `BuiltinRef::Other`, as for a lazy map.
 }
 
 impl StaticVal for LazyList {}
@@ -830,24 +906,34 @@ thread_local! {
 /// review once) and starts afresh, so nothing carries over from one review to the next
 /// but what a later policy of the same review reuses; the bytes are compared, so a reuse
 /// is always of the same text.
-pub(crate) fn shared_root(bytes: &[u8], user: usize, hints: Vec<Hint>) -> Result<Owned, String> {
+pub(crate) fn shared_root(
+    bytes: &[u8],
+    user: usize,
+    found: impl FnOnce() -> Found,
+) -> Result<Owned, String> {
     SCRATCH.with(|scratch| {
         let mut slots = scratch.borrow_mut();
-        if let Some(slot) = slots.iter_mut().find(|s| **s.doc == *bytes)
+        let same = slots.iter().position(|s| **s.doc == *bytes);
+        if let Some(slot) = same.map(|i| &mut slots[i])
             && !slot.users.contains(&user)
         {
             slot.users.push(user);
             return Ok(slot.root.clone_as_boxed());
         }
-        let (doc, root) = root_of(bytes, hints, true)?;
-        slots.retain(|s| **s.doc != *bytes);
+        let (doc, root) = root_of(bytes, found(), true)?;
+        let mut users = match same {
+            Some(i) => std::mem::take(&mut slots.remove(i).users),
+            None => Vec::new(),
+        };
+        users.clear();
+        users.push(user);
         if slots.len() >= SLOTS {
             slots.remove(0);
         }
         slots.push(Slot {
             doc,
             root: root.clone_as_boxed(),
-            users: vec![user],
+            users,
         });
         Ok(root)
     })
@@ -864,7 +950,7 @@ mod tests {
     }
 
     fn value(v: &dyn Val) -> ::cel::Value {
-        ::cel::Value::try_from(v).expect("converts")
+        super::super::value::to_value(v).expect("converts")
     }
 
     #[test]
@@ -909,6 +995,37 @@ mod tests {
             value(&*get(&*spec, "replicas").unwrap()),
             ::cel::Value::Int(3)
         );
+    }
+
+    #[test]
+    fn checking_for_an_optional_builds_nothing() {
+        // cel-rust asks every operand it selects from whether it is an optional.
+        let root = root(br#"{"spec": {"containers": [{"image": "a"}]}}"#).unwrap();
+        assert!(
+            root.downcast_ref::<::cel::common::types::CelOptional>()
+                .is_none()
+        );
+        let map = root.downcast_ref::<LazyMap>().unwrap();
+        assert!(map.0.index.get().is_none() && map.0.built.get().is_none());
+        let spec = get(root.as_ref(), "spec").unwrap();
+        let containers = get(&*spec, "containers").unwrap();
+        assert!(
+            containers
+                .downcast_ref::<::cel::common::types::CelList>()
+                .is_none()
+        );
+        let list = containers.downcast_ref::<LazyList>().unwrap();
+        assert!(list.0.items.get().is_none(), "not scanned by the downcast");
+        let c = list.items().unwrap()[0].as_ref();
+        assert!(
+            c.downcast_ref::<::cel::common::types::CelOptional>()
+                .is_none()
+        );
+        assert_eq!(
+            value(&*get(c, "image").unwrap()),
+            ::cel::Value::String(Arc::new("a".into()))
+        );
+        assert!(c.downcast_ref::<LazyMap>().unwrap().0.built.get().is_none());
     }
 
     #[test]
@@ -1006,17 +1123,17 @@ mod tests {
     #[test]
     fn a_review_s_policies_share_the_conversion_and_a_new_review_starts_afresh() {
         let text = br#"{"spec": {"replicas": 3}}"#;
-        let first = shared_root(text, 1, Vec::new()).unwrap();
-        let second = shared_root(text, 2, Vec::new()).unwrap();
+        let first = shared_root(text, 1, Found::default).unwrap();
+        let second = shared_root(text, 2, Found::default).unwrap();
         let (a, b) = (
             first.downcast_ref::<LazyMap>().unwrap(),
             second.downcast_ref::<LazyMap>().unwrap(),
         );
         assert!(Arc::ptr_eq(&a.0, &b.0), "policy 2 of the review reuses it");
-        let again = shared_root(text, 1, Vec::new()).unwrap();
+        let again = shared_root(text, 1, Found::default).unwrap();
         let c = again.downcast_ref::<LazyMap>().unwrap();
         assert!(!Arc::ptr_eq(&a.0, &c.0), "policy 1 again: a new review");
-        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Vec::new()).unwrap();
+        let other = shared_root(br#"{"spec": {"replicas": 4}}"#, 2, Found::default).unwrap();
         assert_eq!(
             value(&*get(&*get(other.as_ref(), "spec").unwrap(), "replicas").unwrap()),
             ::cel::Value::Int(4)

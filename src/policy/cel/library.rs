@@ -16,7 +16,7 @@ use ::cel::common::types::{
 use ::cel::common::value::{CowVal, StaticVal, Val};
 use ::cel::{Env, ExecutionError};
 
-use super::value::{Owned, SharedList, SharedMap, charge_or_fail};
+use super::value::{Owned, SharedList, SharedMap, charge_or_fail, equal, list_contains};
 use crate::policy::quantity::Quantity;
 
 type R<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
@@ -44,6 +44,9 @@ fn try_build() -> Result<Env, Box<(Env, ::cel::DeclarationError)>> {
         return Err(Box::new((env, e)));
     }
     if let Err(e) = register(&mut env) {
+        return Err(Box::new((env, e)));
+    }
+    if let Err(e) = register_comparisons(&mut env) {
         return Err(Box::new((env, e)));
     }
     Ok(env)
@@ -81,6 +84,64 @@ fn register_charged_strings(env: &mut Env) -> Result<(), ::cel::DeclarationError
         replace,
     )?;
     Ok(())
+}
+
+/// What `==`, `!=` and `in` become where an operand could be a part of the object (see
+/// `rewrite` in the `cel` kind): names no expression can spell.
+pub(crate) const EQUALS: &str = "@gatehouse_equals";
+pub(crate) const NOT_EQUALS: &str = "@gatehouse_not_equals";
+pub(crate) const IN: &str = "@gatehouse_in";
+
+fn register_comparisons(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
+    env.add_overload(EQUALS, EQUALS, vec![DYN_TYPE, DYN_TYPE], |args| {
+        let (a, b) = pair(&args, "==")?;
+        owned(CelBool::from(equal(a, b)))
+    })?;
+    env.add_overload(NOT_EQUALS, NOT_EQUALS, vec![DYN_TYPE, DYN_TYPE], |args| {
+        let (a, b) = pair(&args, "!=")?;
+        owned(CelBool::from(!equal(a, b)))
+    })?;
+    env.add_overload(IN, IN, vec![DYN_TYPE, DYN_TYPE], contains)
+}
+
+/// The two operands of a comparison.
+fn pair<'a, 'v>(
+    args: &'a [CowVal<'_, 'v>],
+    f: &str,
+) -> Result<(&'a (dyn Val + 'v), &'a (dyn Val + 'v)), ExecutionError> {
+    match args {
+        [a, b] => Ok((a.as_ref(), b.as_ref())),
+        _ => Err(err(f, "expects two operands")),
+    }
+}
+
+/// `x in c`: for a list, whether an item equals `x` (of any representation); otherwise as the
+/// interpreter's `in` answers, with its errors.
+fn contains<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+    let (needle, haystack) = pair(&args, "in")?;
+    if let Some(found) = list_contains(haystack, needle) {
+        return owned(CelBool::from(found));
+    }
+    let overload = || {
+        ExecutionError::no_such_overload(
+            ::cel::common::ast::operators::IN,
+            vec![
+                needle.get_type().name().to_owned(),
+                haystack.get_type().name().to_owned(),
+            ],
+        )
+    };
+    let container = haystack.as_container().ok_or_else(overload)?;
+    match container.contains(needle) {
+        Ok(found) => owned(CelBool::from(found)),
+        Err(
+            ExecutionError::NoSuchOverload(_)
+            | ExecutionError::ValuesNotComparable(_, _)
+            | ExecutionError::UnsupportedKeyType(_)
+            | ExecutionError::UnexpectedType { .. },
+        ) => Err(overload()),
+        Err(e) => Err(e),
+    }
 }
 
 fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
@@ -372,7 +433,7 @@ fn index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let needle = args
         .get(1)
         .ok_or_else(|| err("indexOf", "expects a value"))?;
-    let i = items.iter().position(|v| v.equals(needle.as_ref()));
+    let i = items.iter().position(|v| equal(*v, needle.as_ref()));
     owned(CelInt::from(i.map_or(-1, |i| i as i64)))
 }
 
@@ -381,7 +442,7 @@ fn last_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let needle = args
         .get(1)
         .ok_or_else(|| err("lastIndexOf", "expects a value"))?;
-    let i = items.iter().rposition(|v| v.equals(needle.as_ref()));
+    let i = items.iter().rposition(|v| equal(*v, needle.as_ref()));
     owned(CelInt::from(i.map_or(-1, |i| i as i64)))
 }
 

@@ -16,11 +16,13 @@ use std::time::Instant;
 use ::cel::ExecutionError;
 use ::cel::common::traits::{self, Adder, Container, Indexer, Iterable, Sizer, Zeroer};
 use ::cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, LIST_TYPE,
-    MAP_TYPE, Type,
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelOptional, CelString, Kind,
+    LIST_TYPE, MAP_TYPE, Type,
 };
 use ::cel::common::value::{Builtin, BuiltinRef, Val};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+use super::lazy::{LazyList, LazyMap};
 
 /// A CEL value that borrows nothing.
 pub(crate) type Owned = Box<dyn Val + 'static>;
@@ -115,6 +117,34 @@ impl Drop for BudgetGuard {
         BUDGET.with(|b| {
             b.active.set(false);
             b.exceeded.set(None);
+        });
+    }
+}
+
+/// The running evaluation's budget at one point, to return to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BudgetSnapshot {
+    remaining: u64,
+    exceeded: Option<Exhausted>,
+    ticks: u32,
+}
+
+impl BudgetSnapshot {
+    /// The budget now.
+    pub(crate) fn take() -> Self {
+        BUDGET.with(|b| BudgetSnapshot {
+            remaining: b.remaining.get(),
+            exceeded: b.exceeded.get(),
+            ticks: b.ticks.get(),
+        })
+    }
+
+    /// Returns the budget to what it was (what was charged since is not charged).
+    pub(crate) fn restore(self) {
+        BUDGET.with(|b| {
+            b.remaining.set(self.remaining);
+            b.exceeded.set(self.exceeded);
+            b.ticks.set(self.ticks);
         });
     }
 }
@@ -265,7 +295,7 @@ macro_rules! shared_container {
             }
 
             fn equals(&self, other: &dyn Val) -> bool {
-                self.0.equals(other)
+                equal(self, other)
             }
 
             fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -333,26 +363,203 @@ macro_rules! shared_container {
 shared_container!(SharedList, LIST_TYPE, List);
 shared_container!(SharedMap, MAP_TYPE, Map);
 
-/// `value` with its lists and maps made shared and counted (results of `variables`).
-pub(crate) fn share(value: Owned) -> Owned {
-    if value.downcast_ref::<SharedList>().is_some() || value.downcast_ref::<SharedMap>().is_some() {
-        return value;
+// ---------------------------------------------------------------------------------------------
+// Lists and maps of every representation: plain, shared, lazy
+// ---------------------------------------------------------------------------------------------
+
+// The object's lazy lists and maps answer `BuiltinRef::Other` to cel-rust's downcasts (so that
+// checking a value for an optional does not build it): what needs a list's items or a map's
+// entries asks for them here, whatever the representation.
+
+/// The items of a list (plain, shared or lazy), without charging the budget; `None` for
+/// anything else, or a lazy list whose text does not scan.
+fn list_items<'a, 'v>(v: &'a (dyn Val + 'v)) -> Option<&'a [Box<dyn Val + 'v>]> {
+    if let Some(l) = v.downcast_ref::<LazyList>() {
+        return l.items();
     }
-    if !matches!(value.as_builtin(), BuiltinRef::List(_) | BuiltinRef::Map(_)) {
-        return value;
+    if let Some(l) = v.downcast_ref::<SharedList>() {
+        return Some(l.0.inner());
     }
-    let fallback = value.clone_as_boxed();
-    match value.into_builtin() {
-        Some(Builtin::List(list)) => Box::new(SharedList::new(
-            list.into_inner().into_iter().map(share).collect(),
-        )),
-        Some(Builtin::Map(map)) => Box::new(SharedMap::new(
-            map.into_inner()
-                .into_iter()
-                .map(|(k, v)| (k, share(v)))
-                .collect(),
-        )),
-        _ => fallback,
+    match v.as_builtin() {
+        BuiltinRef::List(l) => Some(l.inner()),
+        _ => None,
+    }
+}
+
+/// Calls `f` with each entry of a map (plain, shared or lazy) until it returns false, without
+/// charging the budget; `None` for anything else, or a lazy map whose text does not scan. A
+/// lazy map's value is `None` where its text does not scan.
+fn map_all<'a, 'v>(
+    v: &'a (dyn Val + 'v),
+    mut f: impl FnMut(&CelMapKey<'_>, Option<&'a (dyn Val + 'v)>) -> bool,
+) -> Option<bool> {
+    if let Some(m) = v.downcast_ref::<LazyMap>() {
+        return m.all_entries(|k, v| f(&CelMapKey::String(CelString::from(k)), v));
+    }
+    let map: &'a CelMap<'v> = match v.downcast_ref::<SharedMap>() {
+        Some(m) => &m.0,
+        None => match v.as_builtin() {
+            BuiltinRef::Map(m) => m,
+            _ => return None,
+        },
+    };
+    Some(map.inner().iter().all(|(k, v)| f(k, Some(v.as_ref()))))
+}
+
+/// CEL equality, `a == b`, for values of any representation on either side (cel-rust's own
+/// lists and maps only compare equal to their own kind, and the interpreter asks the left
+/// side only): lists item by item, maps entry by entry, anything else as `a` compares.
+pub(crate) fn equal(a: &dyn Val, b: &dyn Val) -> bool {
+    match a.get_type().kind() {
+        Kind::List => {
+            if super::lazy::same(a, b) {
+                return true;
+            }
+            match (list_items(a), list_items(b)) {
+                (Some(x), Some(y)) => {
+                    x.len() == y.len()
+                        && x.iter()
+                            .zip(y.iter())
+                            .all(|(x, y)| equal(x.as_ref(), y.as_ref()))
+                }
+                (None, _) if a.downcast_ref::<LazyList>().is_none() => a.equals(b),
+                _ => false,
+            }
+        }
+        Kind::Map => {
+            if super::lazy::same(a, b) {
+                return true;
+            }
+            if b.get_type().kind() != Kind::Map {
+                return false;
+            }
+            let (Some(size_a), Some(size_b), Some(indexer)) =
+                (a.as_sizer(), b.as_sizer(), b.as_indexer())
+            else {
+                return false;
+            };
+            if size_a.size() != size_b.size() {
+                return false;
+            }
+            let walked = map_all(a, |k, v| match (v, indexer.get(k.inner())) {
+                (Some(v), Ok(theirs)) => equal(v, theirs.as_ref()),
+                _ => false,
+            });
+            match walked {
+                Some(all) => all,
+                None if a.downcast_ref::<LazyMap>().is_none() => a.equals(b),
+                None => false,
+            }
+        }
+        _ => match (
+            a.downcast_ref::<CelOptional>(),
+            b.downcast_ref::<CelOptional>(),
+        ) {
+            (Some(x), Some(y)) => match (x.option(), y.option()) {
+                (Some(x), Some(y)) => equal(x, y),
+                (None, None) => true,
+                _ => false,
+            },
+            _ => a.equals(b),
+        },
+    }
+}
+
+/// Whether the list `haystack` (of any representation) holds an item equal to `needle`;
+/// `None` when it is not a list.
+pub(crate) fn list_contains(haystack: &dyn Val, needle: &dyn Val) -> Option<bool> {
+    if haystack.get_type().kind() != Kind::List {
+        return None;
+    }
+    let items = list_items(haystack)?;
+    Some(items.iter().any(|i| equal(i.as_ref(), needle)))
+}
+
+/// `v` as a [`::cel::Value`] (a result handed out of CEL), lists and maps of every
+/// representation converted whole.
+pub(crate) fn to_value(v: &dyn Val) -> Result<::cel::Value, ExecutionError> {
+    match v.get_type().kind() {
+        Kind::List => {
+            if let Some(items) = list_items(v) {
+                return Ok(::cel::Value::List(Arc::new(
+                    items
+                        .iter()
+                        .map(|i| to_value(i.as_ref()))
+                        .collect::<Result<Vec<_>, _>>()?,
+                )));
+            }
+        }
+        Kind::Map => {
+            let mut entries = HashMap::new();
+            let mut failed = None;
+            let walked = map_all(v, |k, v| {
+                match v.map(to_value) {
+                    Some(Ok(v)) => {
+                        entries.insert(::cel::objects::Key::from(k.clone()), v);
+                    }
+                    Some(Err(e)) => failed = Some(e),
+                    None => failed = Some(super::lazy::scan_error()),
+                }
+                failed.is_none()
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if walked.is_some() {
+                return Ok(::cel::Value::Map(::cel::objects::Map {
+                    map: Arc::new(entries),
+                }));
+            }
+        }
+        _ => {
+            if let Some(o) = v.downcast_ref::<CelOptional>() {
+                return Ok(::cel::Value::Opaque(Arc::new(match o.option() {
+                    Some(inner) => ::cel::objects::OptionalValue::of(to_value(inner)?),
+                    None => ::cel::objects::OptionalValue::none(),
+                })));
+            }
+        }
+    }
+    if v.downcast_ref::<LazyList>().is_some() || v.downcast_ref::<LazyMap>().is_some() {
+        return Err(super::lazy::scan_error());
+    }
+    ::cel::Value::try_from(v)
+}
+
+/// `v` as a value that borrows nothing (a variable's result, kept for the evaluation): the
+/// object's parts and shared lists and maps are shared, not copied; other lists and maps
+/// become shared and counted ones.
+pub(crate) fn to_static(v: &dyn Val) -> Result<Owned, ExecutionError> {
+    if let Some(l) = v.downcast_ref::<LazyList>() {
+        return Ok(Box::new(l.clone()));
+    }
+    if let Some(m) = v.downcast_ref::<LazyMap>() {
+        return Ok(Box::new(m.clone()));
+    }
+    if let Some(l) = v.downcast_ref::<SharedList>() {
+        return Ok(Box::new(l.clone()));
+    }
+    if let Some(m) = v.downcast_ref::<SharedMap>() {
+        return Ok(Box::new(m.clone()));
+    }
+    match v.as_builtin() {
+        BuiltinRef::List(l) => Ok(Box::new(SharedList::new(
+            l.inner()
+                .iter()
+                .map(|i| to_static(i.as_ref()))
+                .collect::<Result<_, _>>()?,
+        ))),
+        BuiltinRef::Map(m) => Ok(Box::new(SharedMap::new(
+            m.inner()
+                .iter()
+                .map(|(k, v)| Ok((k.clone().into_static(), to_static(v.as_ref())?)))
+                .collect::<Result<_, ExecutionError>>()?,
+        ))),
+        BuiltinRef::Optional(o) => Ok(Box::new(match o.option() {
+            Some(inner) => CelOptional::of(to_static(inner)?),
+            None => CelOptional::none(),
+        })),
+        _ => ::cel::Value::try_from(v)?.try_into(),
     }
 }
 
