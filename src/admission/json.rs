@@ -156,7 +156,11 @@ pub(crate) fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool)> {
             Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => {
                 escaped = true;
-                i = escape_end(b, i)?;
+                // The one-letter escapes here; `\u` (and errors) in `escape_end`.
+                i = match b.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i + 2,
+                    _ => escape_end(b, i)?,
+                };
             }
             Some(&c) if c < 0x20 => return Err(Error::new(i, What::ControlCharacter)),
             Some(_) => i += 1,
@@ -265,6 +269,11 @@ pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usi
     // Bit d set: the container at depth d + 1 is an object.
     let mut objects = [0u64; MAX_DEPTH / 64];
     let mut depth = 0usize;
+    // Whether the innermost open container is an object (read from `objects` only on a close).
+    let mut in_object = false;
+    let is_object_at = |objects: &[u64; MAX_DEPTH / 64], depth: usize| {
+        depth > 0 && objects[(depth - 1) / 64] & (1u64 << ((depth - 1) % 64)) != 0
+    };
     'value: loop {
         match b.get(i) {
             Some(b'"') => i = string_end(b, i + 1)?.0,
@@ -280,15 +289,18 @@ pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usi
                     objects[slot] &= !bit;
                 }
                 depth += 1;
+                in_object = is_object;
                 i = skip_ws(b, i + 1);
                 match b.get(i) {
                     Some(b'}') if is_object => {
                         i += 1;
                         depth -= 1;
+                        in_object = is_object_at(&objects, depth);
                     }
                     Some(b']') if !is_object => {
                         i += 1;
                         depth -= 1;
+                        in_object = is_object_at(&objects, depth);
                     }
                     Some(b'"') if is_object => {
                         i = after_key(b, i)?;
@@ -314,7 +326,6 @@ pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usi
                 return Ok(i);
             }
             i = skip_ws(b, i);
-            let in_object = objects[(depth - 1) / 64] & (1u64 << ((depth - 1) % 64)) != 0;
             match b.get(i) {
                 Some(b',') => {
                     i = skip_ws(b, i + 1);
@@ -329,10 +340,12 @@ pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usi
                 Some(b'}') if in_object => {
                     i += 1;
                     depth -= 1;
+                    in_object = is_object_at(&objects, depth);
                 }
                 Some(b']') if !in_object => {
                     i += 1;
                     depth -= 1;
+                    in_object = is_object_at(&objects, depth);
                 }
                 Some(_) => {
                     let what = if in_object {
@@ -700,6 +713,36 @@ mod tests {
     #[case(r#""\ud800x""#)]
     fn lone_surrogates_are_refused(#[case] text: &str) {
         assert_eq!(check(text), Err(What::BadEscape));
+    }
+
+    /// Every byte of a real review (compact, as the API server sends it, with escapes in its
+    /// last-applied annotation) replaced in turn by each character that matters to the
+    /// grammar, or removed: the scanner and serde_json agree on every one.
+    #[test]
+    fn mutated_reviews_are_accepted_exactly_when_serde_json_accepts_them() {
+        let pretty = include_str!("../../examples/reviews/create-3-replicas.json");
+        let value: serde_json::Value = serde_json::from_str(pretty).expect("an example review");
+        let body = serde_json::to_vec(&value).expect("compact");
+        let agree = |text: &[u8]| {
+            let ours = std::str::from_utf8(text).is_ok_and(|t| check(t).is_ok());
+            let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(text));
+            ours
+        };
+        assert!(agree(&body));
+        let mut accepted = 0;
+        for i in 0..body.len() {
+            for &c in b"\\\"u{}[],:0-e. \n\x01" {
+                let mut m = body.clone();
+                m[i] = c;
+                accepted += usize::from(agree(&m));
+            }
+            let mut m = body.clone();
+            m.remove(i);
+            accepted += usize::from(agree(&m));
+        }
+        // Mutations inside strings keep the body JSON; the comparison saw both outcomes.
+        assert!(accepted > body.len(), "{accepted}");
     }
 
     #[test]
