@@ -165,6 +165,8 @@ impl tower::Service<Request> for Webhook {
     }
 }
 
+impl crate::conn::App for Webhook {}
+
 /// `answer`, or a 500 (counted as `panic`, the process lives on) if it panics.
 async fn catch_panics(
     answer: impl std::future::Future<Output = Response>,

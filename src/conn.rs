@@ -118,18 +118,7 @@ pub trait App:
 {
 }
 
-impl<S> App for S where
-    S: tower::Service<
-            Request<Body>,
-            Response = axum::response::Response,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
+impl App for axum::Router {}
 
 /// Serves `app` on `listener` (over TLS when `tls` is set) until `shutdown` completes; then
 /// stops accepting, closes idle connections (GOAWAY on HTTP/2), lets requests in progress
