@@ -6,7 +6,7 @@
 //! Answers are built with `kube::core::admission`'s response types, so they carry the same
 //! `apiVersion`, `kind` and `uid` as the review.
 
-mod json;
+pub(crate) mod json;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -66,7 +66,8 @@ pub const MAX_BODY_DEPTH: usize = 128;
 pub const MAX_OBJECT_DEPTH: usize = MAX_BODY_DEPTH - 2;
 
 /// The JSON text of one value inside a review body, checked at decode time but not built.
-/// Reading a field walks the text and skips what it does not need without allocating.
+/// Reading a field walks the text and skips what it does not need without allocating or
+/// checking it again (a `Raw` is only ever made from text the decoder checked).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Raw<'a>(&'a str);
 
@@ -131,7 +132,7 @@ impl<'a> Raw<'a> {
 
     /// The members of this object in order (empty when it is not one).
     fn members(self) -> Option<Members<'a>> {
-        Members::open(self.0, 0, json::MAX_DEPTH).ok()
+        Members::open_checked(self.0, 0).ok()
     }
 
     /// The values of `keys` in this object, in one walk (the last of duplicate keys wins, as
@@ -170,7 +171,7 @@ impl<'a> Raw<'a> {
 
     /// The elements of this array, one at a time; none when the value is not an array.
     pub fn iter_items(self) -> impl Iterator<Item = Raw<'a>> {
-        let mut items = Items::open(self.0, 0, json::MAX_DEPTH).ok();
+        let mut items = Items::open_checked(self.0, 0).ok();
         std::iter::from_fn(move || match items.as_mut()?.next_item() {
             Ok(Some((_, text))) => Some(Raw(text)),
             _ => {
@@ -1125,6 +1126,17 @@ pub mod testing {
         let start = json::skip_ws(body, 0);
         json::skip_value(body, start, MAX_BODY_DEPTH)
             .is_ok_and(|end| json::skip_ws(body, end) == body.len())
+    }
+
+    /// Where the value at the start of `body` (after whitespace) ends, by the checking skip
+    /// and by the trusted one the policy kinds read checked text with (`None` for either
+    /// when it finds no end; the trusted one must agree wherever the checking one succeeds).
+    pub fn value_ends(body: &[u8]) -> (Option<usize>, Option<usize>) {
+        let start = json::skip_ws(body, 0);
+        (
+            json::skip_value(body, start, MAX_BODY_DEPTH).ok(),
+            json::trusted_value_end(body, start),
+        )
     }
 
     /// Decodes a body kept for the rest of the process: tests hold reviews without their

@@ -5,7 +5,9 @@
 //! - the decoder's JSON scanner accepts exactly what serde_json accepts (except nesting at
 //!   the limit, where the two count differently, and escaped lone surrogates, which serde_json
 //!   skips over and the scanner refuses);
-//! - `admission::answer` writes byte for byte what kube's types serialize to (`respond`).
+//! - `admission::answer` writes byte for byte what kube's types serialize to (`respond`);
+//! - on a JSON body, the trusted skip the policy kinds read checked text with ends its value
+//!   where the checking skip does, and on any body it stays within the body.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -46,6 +48,11 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => {}
         }
     }
+    let (checked, trusted) = gatehouse::admission::testing::value_ends(data);
+    if checked.is_some() && gatehouse::admission::testing::check_json(data) {
+        assert_eq!(trusted, checked, "the trusted skip ends elsewhere");
+    }
+    assert!(trusted.is_none_or(|end| end <= data.len()));
     let Ok(req) = gatehouse::admission::decode(data) else {
         return;
     };

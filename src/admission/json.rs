@@ -8,9 +8,18 @@
 //! stack and is bounded by the caller's limit. Everything RFC 8259 requires is checked:
 //! structure, string escapes, control characters, number and literal syntax (UTF-8 is checked
 //! once for the whole body by the caller).
+//!
+//! Text checked once is not checked again: the policy kinds and CEL read the objects through
+//! cursors opened with `open_checked`, which skip values with [`trusted_value_end`]. That
+//! looks only at quotes, backslashes and brackets, 64 bytes at a time for arrays and objects
+//! (SSE2 through the `wide` crate, no `unsafe`), and tells strings apart without visiting
+//! them as simdjson does. On text that is not JSON it answers some index or none, never a
+//! panic.
 
 use std::borrow::Cow;
 use std::fmt;
+
+use wide::u8x16;
 
 /// Why a text is not valid JSON, and at which byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +370,150 @@ pub(crate) fn skip_value(b: &[u8], mut i: usize, max_depth: usize) -> Result<usi
     }
 }
 
+/// From just after the opening quote of a string in text already checked: the index just
+/// after its closing quote, and whether it has escapes. `None` when the text ends first.
+#[inline(always)]
+pub(crate) fn trusted_string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        while let Some(w) = word(b, i) {
+            let m = eq_mask(w, b'"') | eq_mask(w, b'\\');
+            if m != 0 {
+                i += (m.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match *b.get(i)? {
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// Bit n set where byte n of the 64 at `block` is `c`.
+#[inline(always)]
+fn block_mask(block: &[u8; 64], c: u8) -> u64 {
+    block_mask_with(block, |v| v.simd_eq(u8x16::splat(c)))
+}
+
+/// Bit n set where `test` marks byte n of the 64 at `block` (sixteen bytes at a time).
+#[inline(always)]
+fn block_mask_with(block: &[u8; 64], test: impl Fn(u8x16) -> u8x16) -> u64 {
+    let mut out = 0u64;
+    for (n, chunk) in block.chunks_exact(16).enumerate() {
+        let lanes: [u8; 16] = chunk.try_into().unwrap_or([0; 16]);
+        out |= u64::from(test(u8x16::new(lanes)).to_bitmask()) << (16 * n);
+    }
+    out
+}
+
+/// Bit n set for each byte escaped by a backslash, given the block's backslashes and whether
+/// the previous block ended in an unfinished escape (updated for the next block). A run of
+/// backslashes escapes every second byte from its start, and the byte after an odd run.
+#[inline(always)]
+fn escaped_bytes(backslash: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let backslash = backslash & !*carry;
+    let follows = (backslash << 1) | *carry;
+    // Runs starting at odd positions, added to the runs: the sum's bits past each run say
+    // whether the run started at an even or an odd position.
+    let odd_starts = backslash & !EVEN & !follows;
+    let (sum, overflow) = odd_starts.overflowing_add(backslash);
+    *carry = u64::from(overflow);
+    (EVEN ^ (sum << 1)) & follows
+}
+
+/// Each bit from an odd-numbered set bit of `x` up to the next one set (strings' insides,
+/// from their opening quote up to their closing one).
+#[inline(always)]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// The index just after the array or object that opens at `b[i]`, in text already checked:
+/// 64 bytes at a time, quotes, backslashes and brackets found sixteen bytes per instruction
+/// (simdjson's way of telling strings apart without visiting them), and only blocks where the
+/// nesting may close looked at bracket by bracket.
+fn trusted_container_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut depth = 0u64;
+    let mut in_string = 0u64;
+    let mut carry = 0u64;
+    let mut j = i;
+    let mut tail = [b' '; 64];
+    while j < b.len() {
+        let block: &[u8; 64] = match b.get(j..j + 64) {
+            Some(s) => s.try_into().ok()?,
+            None => {
+                let rest = &b[j..];
+                tail[..rest.len()].copy_from_slice(rest);
+                &tail
+            }
+        };
+        let quotes = block_mask(block, b'"') & !escaped_bytes(block_mask(block, b'\\'), &mut carry);
+        let strings = prefix_xor(quotes) ^ in_string;
+        in_string = ((strings as i64) >> 63) as u64;
+        // `[`/`{` and `]`/`}` differ only in the bit 0x20.
+        let opens = block_mask_with(block, |v| {
+            (v | u8x16::splat(0x20)).simd_eq(u8x16::splat(b'{'))
+        }) & !strings;
+        let closes = block_mask_with(block, |v| {
+            (v | u8x16::splat(0x20)).simd_eq(u8x16::splat(b'}'))
+        }) & !strings;
+        if u64::from(closes.count_ones()) < depth {
+            depth = depth + u64::from(opens.count_ones()) - u64::from(closes.count_ones());
+        } else {
+            let mut brackets = opens | closes;
+            while brackets != 0 {
+                let at = brackets.trailing_zeros();
+                brackets &= brackets - 1;
+                if opens & (1 << at) != 0 {
+                    depth += 1;
+                } else {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        return Some(j + at as usize + 1).filter(|&end| end <= b.len());
+                    }
+                }
+            }
+        }
+        j += 64;
+    }
+    None
+}
+
+/// The index just after the value at `i` (no whitespace before it) in text already checked
+/// (by [`skip_value`], when the review was decoded): only quotes and brackets are looked at,
+/// so it runs several times faster than checking again. On text that is not JSON it gives
+/// some index within the text or `None`, never a panic.
+pub(crate) fn trusted_value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => trusted_string_end(b, i + 1).map(|(end, _)| end),
+        b'{' | b'[' => trusted_container_end(b, i),
+        _ => {
+            // A number or a literal: up to the byte that ends it.
+            let mut j = i + 1;
+            while let Some(c) = b.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
 /// The text of a string's contents (between its quotes) with escapes resolved; `None` for an
 /// escape JSON allows but no string can hold (a lone surrogate).
 pub(crate) fn unescape(raw: &str) -> Option<Cow<'_, str>> {
@@ -456,13 +609,24 @@ pub(crate) struct Members<'a> {
     /// Whether the current key's value is still to be passed.
     pending: bool,
     first: bool,
-    /// Nesting allowed in each value skipped.
-    depth: usize,
+    /// Nesting allowed in each value skipped; `None` when the text was checked before and
+    /// values are skipped with [`trusted_value_end`].
+    depth: Option<usize>,
 }
 
 impl<'a> Members<'a> {
     /// Opens the object at `at` (its `{`), skipping values up to `depth` deep.
     pub(crate) fn open(text: &'a str, at: usize, depth: usize) -> Result<Self> {
+        Self::open_with(text, at, Some(depth))
+    }
+
+    /// Opens the object at `at` (its `{`) in text already checked whole, whose values need
+    /// no checking again when skipped.
+    pub(crate) fn open_checked(text: &'a str, at: usize) -> Result<Self> {
+        Self::open_with(text, at, None)
+    }
+
+    fn open_with(text: &'a str, at: usize, depth: Option<usize>) -> Result<Self> {
         match text.as_bytes().get(at) {
             Some(b'{') => Ok(Self {
                 text,
@@ -535,10 +699,17 @@ impl<'a> Members<'a> {
     #[inline]
     pub(crate) fn skip(&mut self) -> Result<&'a str> {
         let start = self.pos;
-        let end = skip_value(self.text.as_bytes(), start, self.depth)?;
+        let b = self.text.as_bytes();
+        let end = match self.depth {
+            Some(depth) => skip_value(b, start, depth)?,
+            None => trusted_value_end(b, start).ok_or(Error::new(b.len(), What::Eof))?,
+        };
         self.pos = end;
         self.pending = false;
-        Ok(&self.text[start..end])
+        // `end` follows an ASCII byte (or is the text's end), so it is a character boundary.
+        self.text
+            .get(start..end)
+            .ok_or(Error::new(start, What::Expected("a value")))
     }
 
     /// Says the caller read the current key's value itself and it ended at `end`.
@@ -559,12 +730,22 @@ pub(crate) struct Items<'a> {
     pos: usize,
     first: bool,
     done: bool,
-    depth: usize,
+    /// As in [`Members`]: `None` for text already checked.
+    depth: Option<usize>,
 }
 
 impl<'a> Items<'a> {
     /// Opens the array at `at` (its `[`).
     pub(crate) fn open(text: &'a str, at: usize, depth: usize) -> Result<Self> {
+        Self::open_with(text, at, Some(depth))
+    }
+
+    /// Opens the array at `at` (its `[`) in text already checked whole.
+    pub(crate) fn open_checked(text: &'a str, at: usize) -> Result<Self> {
+        Self::open_with(text, at, None)
+    }
+
+    fn open_with(text: &'a str, at: usize, depth: Option<usize>) -> Result<Self> {
         match text.as_bytes().get(at) {
             Some(b'[') => Ok(Self {
                 text,
@@ -604,9 +785,16 @@ impl<'a> Items<'a> {
                 None => return Err(Error::new(i, What::Eof)),
             }
         }
-        let end = skip_value(b, i, self.depth)?;
+        let end = match self.depth {
+            Some(depth) => skip_value(b, i, depth)?,
+            None => trusted_value_end(b, i).ok_or(Error::new(b.len(), What::Eof))?,
+        };
         self.pos = end;
-        Ok(Some((i, &self.text[i..end])))
+        let item = self
+            .text
+            .get(i..end)
+            .ok_or(Error::new(i, What::Expected("a value")))?;
+        Ok(Some((i, item)))
     }
 
     /// Just after the closing bracket, once [`Items::next_item`] has returned `None`.
@@ -642,6 +830,175 @@ mod tests {
             return Err(What::Trailing);
         }
         Ok(())
+    }
+
+    /// A number below `n` from a linear congruential sequence.
+    fn next(seed: &mut u64, n: u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) % n
+    }
+
+    /// A random JSON value from `seed`: nesting, whitespace, and strings dense with what the
+    /// trusted skip must see through (escaped quotes, runs of backslashes, brackets, braces).
+    fn random_json(seed: &mut u64, depth: usize, out: &mut String) {
+        const PIECES: [&str; 12] = [
+            "a", "\\\"", "\\\\", "\\\\\\\"", "{", "}", "[", "]", "\\u00e9", "é", " ", "\\n",
+        ];
+        let ws = |n: u64| [" ", "", "\n    ", ""][n as usize];
+        match if depth == 0 {
+            next(seed, 3)
+        } else {
+            next(seed, 6)
+        } {
+            0 => {
+                out.push('"');
+                for _ in 0..next(seed, 40) {
+                    out.push_str(PIECES[next(seed, PIECES.len() as u64) as usize]);
+                }
+                out.push('"');
+            }
+            1 => out.push_str(
+                ["-12.5e3", "0", "true", "false", "null", "123456789"][next(seed, 6) as usize],
+            ),
+            2 => out.push_str(["{}", "[]", "[ ]", "{ }"][next(seed, 4) as usize]),
+            kind => {
+                let object = kind % 2 == 0;
+                out.push(if object { '{' } else { '[' });
+                for n in 0..1 + next(seed, 6) {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws(next(seed, 4)));
+                    if object {
+                        random_json(seed, 0, out);
+                        // Keys must be strings: replace a non-string with one.
+                        if !out.ends_with('"') {
+                            out.push_str(",\"k\"");
+                        }
+                        out.push(':');
+                    }
+                    let mut inner = String::new();
+                    random_json(seed, depth - 1, &mut inner);
+                    out.push_str(&inner);
+                    out.push_str(ws(next(seed, 4)));
+                }
+                out.push(if object { '}' } else { ']' });
+            }
+        }
+    }
+
+    /// On JSON text, the trusted skip ends every value where the checking one does, whatever
+    /// falls on the 64-byte block boundaries.
+    #[test]
+    fn trusted_skip_ends_values_where_the_checked_skip_does() {
+        let mut seed = 7u64;
+        let mut compared = 0;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            random_json(&mut seed, 4, &mut text);
+            if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+                continue;
+            }
+            // The value at several offsets, after a prefix, so blocks cut it everywhere.
+            for pad in [0, 1, 7, 31, 63, 64, 65] {
+                let padded = format!("{}{text} ,", " ".repeat(pad));
+                let b = padded.as_bytes();
+                assert_eq!(
+                    trusted_value_end(b, pad),
+                    Some(skip_value(b, pad, MAX_DEPTH).expect("valid")),
+                    "{padded}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared > 10_000, "only {compared} values compared");
+        // Backslash runs of every length ending at every offset around a block boundary.
+        for run in 0..6 {
+            for pad in 50..80 {
+                let text = format!("[\"{}{}\"]", "x".repeat(pad), "\\\\".repeat(run));
+                let b = text.as_bytes();
+                assert_eq!(trusted_value_end(b, 0), Some(text.len()), "{text}");
+                let text = format!("[\"{}{}\\\"]\"]", "x".repeat(pad), "\\\\".repeat(run));
+                let b = text.as_bytes();
+                assert_eq!(trusted_value_end(b, 0), Some(text.len()), "{text}");
+            }
+        }
+    }
+
+    /// On text that is not JSON the trusted skip answers something within the text or
+    /// nothing, and never panics.
+    #[test]
+    fn trusted_skip_of_broken_text_stays_in_bounds() {
+        let review = include_str!("../../examples/reviews/create-3-replicas.json");
+        let b = review.as_bytes();
+        for cut in 0..b.len() {
+            for start in [0, cut / 2] {
+                if let Some(end) = trusted_value_end(&b[..cut], start) {
+                    assert!(end <= cut);
+                }
+            }
+        }
+        for at in (0..b.len()).step_by(7) {
+            for c in [b'"', b'\\', b'{', b']', b'x'] {
+                let mut m = b.to_vec();
+                m[at] = c;
+                if let Some(end) = trusted_value_end(&m, 0) {
+                    assert!(end <= m.len());
+                }
+            }
+        }
+    }
+
+    /// Every value reached through the trusted cursors of a real review is exactly the text
+    /// of that value: it parses to what serde_json finds at the same place.
+    #[test]
+    fn trusted_cursors_find_what_serde_json_finds() {
+        fn walk(text: &str, expected: &serde_json::Value, walked: &mut usize) {
+            *walked += 1;
+            let b = text.as_bytes();
+            match expected {
+                serde_json::Value::Object(map) => {
+                    let mut m = Members::open_checked(text, 0).expect("object");
+                    let mut n = 0;
+                    while let Some(k) = m.next_key().expect("key") {
+                        let key = k.text().expect("key text");
+                        let value = m.skip().expect("value");
+                        walk(value, &map[key.as_ref()], walked);
+                        n += 1;
+                    }
+                    assert_eq!(n, map.len());
+                    assert_eq!(m.end(), b.len());
+                }
+                serde_json::Value::Array(items) => {
+                    let mut it = Items::open_checked(text, 0).expect("array");
+                    let mut n = 0;
+                    while let Some((_, item)) = it.next_item().expect("item") {
+                        walk(item, &items[n], walked);
+                        n += 1;
+                    }
+                    assert_eq!(n, items.len());
+                }
+                scalar => {
+                    assert_eq!(
+                        &serde_json::from_str::<serde_json::Value>(text).expect("scalar"),
+                        scalar
+                    );
+                }
+            }
+        }
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/reviews");
+        let mut walked = 0;
+        for entry in std::fs::read_dir(dir).expect("examples/reviews") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("review");
+            let expected: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let start = skip_ws(text.as_bytes(), 0);
+            let end = trusted_value_end(text.as_bytes(), start).expect("end");
+            walk(&text[start..end], &expected, &mut walked);
+        }
+        assert!(walked > 500, "only {walked} values walked");
     }
 
     /// The scanner accepts exactly what serde_json accepts.

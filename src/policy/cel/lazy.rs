@@ -31,6 +31,7 @@ use ::cel::common::types::{
 use ::cel::common::value::{CowVal, StaticVal, Val};
 
 use super::value::{Owned, charge, counted};
+use crate::admission::json;
 
 /// Maps with more members than this get a hash index (smaller ones are scanned).
 const HASHED: usize = 12;
@@ -184,17 +185,6 @@ pub(crate) fn scan_error() -> ExecutionError {
 // Scanning validated JSON text
 // ---------------------------------------------------------------------------------------------
 
-/// The bytes a skip stops at: quotes and brackets.
-static STRUCTURAL: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b'"' as usize] = true;
-    t[b'{' as usize] = true;
-    t[b'}' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b']' as usize] = true;
-    t
-};
-
 fn ws(b: &[u8], mut i: usize) -> usize {
     while let Some(c) = b.get(i) {
         if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
@@ -208,58 +198,15 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 
 /// `b[i]` is `"`: the index after the closing quote, and whether the string has escapes.
 fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
-    let mut j = i + 1;
-    let mut escaped = false;
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[k] == b'"' {
-            return Some((k + 1, escaped));
-        }
-        escaped = true;
-        j = k + 2;
+    if b.get(i) != Some(&b'"') {
+        return None;
     }
+    json::trusted_string_end(b, i + 1)
 }
 
 /// The index after the value starting at `b[i]`.
 fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => string_end(b, i).map(|(e, _)| e),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                // Runs of anything but quotes and brackets (keys' colons, numbers, the
-                // indentation of pretty-printed text) in a tight loop.
-                while j < b.len() && !STRUCTURAL[b[j] as usize] {
-                    j += 1;
-                }
-                match *b.get(j)? {
-                    b'"' => j = string_end(b, j)?.0,
-                    b'{' | b'[' => {
-                        depth += 1;
-                        j += 1;
-                    }
-                    _ => {
-                        depth = depth.checked_sub(1)?;
-                        j += 1;
-                        if depth == 0 {
-                            return Some(j);
-                        }
-                    }
-                }
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
-    }
+    json::trusted_value_end(b, i)
 }
 
 fn text(b: &[u8], start: usize, end: usize) -> Option<&str> {
