@@ -395,19 +395,26 @@ pub(crate) fn trusted_string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)
     }
 }
 
-/// Bit n set where byte n of the 64 at `block` is `c`.
+/// Where the 64 bytes at `block` hold quotes, backslashes, `{` or `[`, and `}` or `]`: bit n
+/// set for byte n, sixteen bytes per instruction.
 #[inline(always)]
-fn block_mask(block: &[u8; 64], c: u8) -> u64 {
-    block_mask_with(block, |v| v.simd_eq(u8x16::splat(c)))
-}
-
-/// Bit n set where `test` marks byte n of the 64 at `block` (sixteen bytes at a time).
-#[inline(always)]
-fn block_mask_with(block: &[u8; 64], test: impl Fn(u8x16) -> u8x16) -> u64 {
-    let mut out = 0u64;
+fn block_masks(block: &[u8; 64]) -> [u64; 4] {
+    let (quote, backslash) = (u8x16::splat(b'"'), u8x16::splat(b'\\'));
+    // `[`/`{` and `]`/`}` differ only in the bit 0x20.
+    let (fold, open, close) = (u8x16::splat(0x20), u8x16::splat(b'{'), u8x16::splat(b'}'));
+    let mut out = [0u64; 4];
     for (n, chunk) in block.chunks_exact(16).enumerate() {
         let lanes: [u8; 16] = chunk.try_into().unwrap_or([0; 16]);
-        out |= u64::from(test(u8x16::new(lanes)).to_bitmask()) << (16 * n);
+        let v = u8x16::new(lanes);
+        let folded = v | fold;
+        for (mask, found) in out.iter_mut().zip([
+            v.simd_eq(quote),
+            v.simd_eq(backslash),
+            folded.simd_eq(open),
+            folded.simd_eq(close),
+        ]) {
+            *mask |= u64::from(found.to_bitmask()) << (16 * n);
+        }
     }
     out
 }
@@ -450,26 +457,26 @@ fn trusted_container_end(b: &[u8], i: usize) -> Option<usize> {
     let mut in_string = 0u64;
     let mut carry = 0u64;
     let mut j = i;
-    let mut tail = [b' '; 64];
+    let mut tail: [u8; 64];
     while j < b.len() {
         let block: &[u8; 64] = match b.get(j..j + 64) {
             Some(s) => s.try_into().ok()?,
             None => {
                 let rest = &b[j..];
+                tail = [b' '; 64];
                 tail[..rest.len()].copy_from_slice(rest);
                 &tail
             }
         };
-        let quotes = block_mask(block, b'"') & !escaped_bytes(block_mask(block, b'\\'), &mut carry);
+        let [quotes, backslashes, opens, closes] = block_masks(block);
+        let quotes = if backslashes | carry == 0 {
+            quotes
+        } else {
+            quotes & !escaped_bytes(backslashes, &mut carry)
+        };
         let strings = prefix_xor(quotes) ^ in_string;
         in_string = ((strings as i64) >> 63) as u64;
-        // `[`/`{` and `]`/`}` differ only in the bit 0x20.
-        let opens = block_mask_with(block, |v| {
-            (v | u8x16::splat(0x20)).simd_eq(u8x16::splat(b'{'))
-        }) & !strings;
-        let closes = block_mask_with(block, |v| {
-            (v | u8x16::splat(0x20)).simd_eq(u8x16::splat(b'}'))
-        }) & !strings;
+        let (opens, closes) = (opens & !strings, closes & !strings);
         if u64::from(closes.count_ones()) < depth {
             depth = depth + u64::from(opens.count_ones()) - u64::from(closes.count_ones());
         } else {

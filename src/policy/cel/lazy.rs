@@ -185,15 +185,8 @@ pub(crate) fn scan_error() -> ExecutionError {
 // Scanning validated JSON text
 // ---------------------------------------------------------------------------------------------
 
-fn ws(b: &[u8], mut i: usize) -> usize {
-    while let Some(c) = b.get(i) {
-        if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    i
+fn ws(b: &[u8], i: usize) -> usize {
+    json::skip_ws(b, i)
 }
 
 /// `b[i]` is `"`: the index after the closing quote, and whether the string has escapes.
@@ -398,7 +391,7 @@ impl MapNode {
     /// One pass over the members of this level.
     fn scan(&self) -> Option<MapIndex> {
         let b: &[u8] = &self.doc;
-        let mut entries = Vec::new();
+        let mut entries = Vec::with_capacity(HASHED);
         let mut pending = 0;
         let mut i = ws(b, self.start + 1);
         if *b.get(i)? != b'}' {
@@ -477,19 +470,27 @@ impl MapNode {
             }
             index.hashed = Some(hashed);
         } else {
+            // A key is dropped when a later one is the same; keys are compared only where
+            // their lengths and first bytes agree (most never are).
             let n = index.entries.len();
-            let mut keep = vec![true; n];
-            for (a, kept) in keep.iter_mut().enumerate() {
-                let key = self.key_bytes(&index.entries[a]);
-                *kept = !index.entries[a + 1..]
-                    .iter()
-                    .any(|e| self.key_bytes(e) == key);
+            let mut signs = [(0usize, 0u8); HASHED];
+            for (sign, e) in signs.iter_mut().zip(&index.entries) {
+                let k = self.key_bytes(e);
+                *sign = (k.len(), k.first().copied().unwrap_or(0));
             }
-            if keep.iter().any(|k| !k) {
+            let mut dropped = [false; HASHED];
+            let mut any = false;
+            for a in 0..n {
+                let key = self.key_bytes(&index.entries[a]);
+                dropped[a] = (a + 1..n)
+                    .any(|b| signs[b] == signs[a] && self.key_bytes(&index.entries[b]) == key);
+                any |= dropped[a];
+            }
+            if any {
                 let mut n = 0;
                 index.entries.retain(|_| {
                     n += 1;
-                    keep[n - 1]
+                    !dropped[n - 1]
                 });
             }
         }
@@ -986,6 +987,15 @@ mod tests {
             value(&*get(root.as_ref(), "c!").unwrap()),
             ::cel::Value::Int(4)
         );
+        assert_eq!(*root.as_sizer().unwrap().size().inner(), 3);
+        // Keys alike in length and first byte are still told apart.
+        let root = super::root(br#"{"ab": 1, "ac": 2, "ab": 5, "ba": 6}"#).unwrap();
+        for (key, v) in [("ab", 5), ("ac", 2), ("ba", 6)] {
+            assert_eq!(
+                value(&*get(root.as_ref(), key).unwrap()),
+                ::cel::Value::Int(v)
+            );
+        }
         assert_eq!(*root.as_sizer().unwrap().size().inner(), 3);
         // Many keys: the hashed index, with the same rules.
         let mut many: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
