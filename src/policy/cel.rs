@@ -309,6 +309,19 @@ impl<'a> Activation<'a> {
         }
     }
 
+    /// The scalar at `fields` of the object or old object (`root`) of a decoded review, read
+    /// without converting the object ([`lazy::scalar_at`]); `None` when there is none or the
+    /// text was not checked by the decoder.
+    fn scalar_at(&self, root: &str, fields: &[String]) -> Option<Owned> {
+        self.checked?;
+        let (raw, old) = match root {
+            "object" => (self.object?, false),
+            "oldObject" => (self.old_object?, true),
+            _ => return None,
+        };
+        lazy::scalar_at(raw, self.found.map(|f| f(old)).unwrap_or_default(), fields)
+    }
+
     fn decode(&self, raw: Option<&[u8]>, old: bool) -> Result<Owned, String> {
         match (raw, self.checked) {
             (None, _) => Ok(Box::new(CelNull)),
@@ -660,6 +673,8 @@ fn rewrite(e: &mut IdedExpr) {
 struct Simple {
     root: String,
     path: String,
+    /// `path`'s fields.
+    fields: Vec<String>,
     op: Comparison,
     literal: ::cel::common::ast::LiteralValue,
     literal_first: bool,
@@ -718,6 +733,7 @@ impl Simple {
         Some(Simple {
             root: root.clone(),
             path: fields.join("."),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
             op,
             literal: literal.clone(),
             literal_first,
@@ -726,7 +742,12 @@ impl Simple {
 
     /// The comparison's result, or `None` for the interpreter to evaluate it.
     fn eval(&self, scope: &Scope<'_, '_, '_>) -> Option<bool> {
-        let value = scope.resolve_path(&self.root, &self.path)?;
+        // A field of a decoded review's object is read in place; anything else (or a field
+        // that is not there or not a scalar) the lazy way.
+        let value = match scope.act.scalar_at(&self.root, &self.fields) {
+            Some(v) => CowVal::Owned(v),
+            None => scope.resolve_path(&self.root, &self.path)?,
+        };
         let literal = self.literal.to_val();
         let (left, right): (&dyn Val, &dyn Val) = if self.literal_first {
             (literal.as_ref(), value.as_ref())
@@ -1161,6 +1182,11 @@ struct Scope<'s, 'r, 'a> {
 
 impl Scope<'_, '_, '_> {
     fn act_error(&self) -> Option<String> {
+        // Text the decoder checked always converts: nothing to report, and nothing built
+        // before an expression needs it.
+        if self.act.checked.is_some() {
+            return None;
+        }
         self.act
             .object()
             .err()

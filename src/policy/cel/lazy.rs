@@ -231,12 +231,89 @@ fn convert(doc: &Arc<Doc>, start: usize, end: usize, level: Level) -> Option<Own
             end,
             items: OnceLock::new(),
         }))),
+        _ => scalar(b, start, end)?,
+    })
+}
+
+/// The CEL value of the JSON string, number, boolean or null `b[start..end]`.
+fn scalar(b: &[u8], start: usize, end: usize) -> Option<Owned> {
+    Some(match *b.get(start)? {
         b'"' => Box::new(CelString::from(string(b, start, end)?)),
         b't' if b.get(start..end)? == b"true" => Box::new(CelBool::from(true)),
         b'f' if b.get(start..end)? == b"false" => Box::new(CelBool::from(false)),
         b'n' if b.get(start..end)? == b"null" => Box::new(CelNull),
+        b'{' | b'[' => return None,
         _ => number(text(b, start, end)?)?,
     })
+}
+
+/// The value at `path` (keys from the object's root) of the object text `bytes`, which the
+/// review decoder checked, when it is a string, number, boolean or null: read in place,
+/// without a document, a level or an index built, and converted as the lazy object converts
+/// it. For a comparison of one field with a literal, the most common rule. Members the
+/// decoder found (`found`) are reached directly; other levels are walked (the last of
+/// duplicate keys wins, escaped keys compare by their text). Charges one unit per step and
+/// one per member walked, as the lazy maps do. `None` when a step is missing or not an
+/// object, or the value is an array or object: the caller then takes the lazy way, which
+/// says what is wrong.
+pub(crate) fn scalar_at(bytes: &[u8], found: Found, path: &[String]) -> Option<Owned> {
+    let b = bytes;
+    let (mut start, mut end) = (ws(b, 0), b.len());
+    let mut level = Level::Root;
+    for key in path {
+        if !charge(1) || b.get(start) != Some(&b'{') {
+            return None;
+        }
+        let member = found
+            .members(level)
+            .into_iter()
+            .find(|m| m.0 == key.as_str());
+        let next = member.map_or(Level::Other, |m| m.2);
+        (start, end) = match member.and_then(|m| m.1) {
+            Some((s, e)) if start < s && e <= end => (s, e),
+            _ => member_of(b, start, key)?,
+        };
+        level = next;
+    }
+    scalar(b, start, end)
+}
+
+/// The range of the value of the last member `key` of the object at `b[at]` (`{`).
+fn member_of(b: &[u8], at: usize, key: &str) -> Option<(usize, usize)> {
+    let mut i = ws(b, at + 1);
+    let mut hit = None;
+    let mut walked = 0u64;
+    if *b.get(i)? != b'}' {
+        loop {
+            let (kend, escaped) = string_end(b, i)?;
+            let name = b.get(i + 1..kend - 1)?;
+            let same = if escaped {
+                json::unescape(std::str::from_utf8(name).ok()?)? == key
+            } else {
+                name == key.as_bytes()
+            };
+            i = ws(b, kend);
+            if *b.get(i)? != b':' {
+                return None;
+            }
+            let start = ws(b, i + 1);
+            let end = value_end(b, start)?;
+            walked += 1;
+            if same {
+                hit = Some((start, end));
+            }
+            i = ws(b, end);
+            match *b.get(i)? {
+                b',' => i = ws(b, i + 1),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    if !charge(walked.max(1)) {
+        return None;
+    }
+    hit
 }
 
 fn string(b: &[u8], start: usize, end: usize) -> Option<String> {
@@ -974,6 +1051,58 @@ mod tests {
             ::cel::Value::String(Arc::new("a".into()))
         );
         assert!(c.downcast_ref::<LazyMap>().unwrap().0.built.get().is_none());
+    }
+
+    /// A scalar read in place is the value the lazy object gives at the same path (escaped
+    /// and duplicate keys included); a map, a list or a missing field is left to the lazy
+    /// object.
+    #[test]
+    fn scalars_read_in_place_are_what_the_lazy_object_gives() {
+        let text = br#" {"a": 1, "b": {"c": "x\u0041y", "d": [1], "e": null, "f": 2.5, "g": true},
+            "b": {"c": "last", "n": -0, "big": 12345678901234567890, "s": {"t": "deep"}},
+            "k\u0041": 7, "m": {"x": 1, "x": "again"}} "#;
+        let root = super::root(text).unwrap();
+        let paths: &[&[&str]] = &[
+            &["a"],
+            &["b", "c"],
+            &["b", "n"],
+            &["b", "big"],
+            &["b", "s", "t"],
+            &["b", "d"],
+            &["b", "e"],
+            &["b", "s"],
+            &["b", "missing"],
+            &["a", "x"],
+            &["kA"],
+            &["m", "x"],
+            &["nothing"],
+        ];
+        let mut read = 0;
+        for path in paths {
+            let fields: Vec<String> = path.iter().map(|f| f.to_string()).collect();
+            let fast = scalar_at(text, Found::default(), &fields);
+            let mut lazy: Option<Owned> = Some(root.clone_as_boxed());
+            for f in *path {
+                lazy = lazy.and_then(|v| {
+                    v.as_indexer()
+                        .and_then(|i| i.get(&CelString::from(*f)).ok())
+                        .map(|v| v.as_ref().clone_as_boxed())
+                });
+            }
+            match (fast, lazy) {
+                (Some(f), Some(l)) => {
+                    assert_eq!(value(f.as_ref()), value(l.as_ref()), "{path:?}");
+                    read += 1;
+                }
+                (None, Some(l)) => assert!(
+                    l.as_indexer().is_some(),
+                    "{path:?}: a scalar left to the lazy object"
+                ),
+                (Some(_), None) => panic!("{path:?}: a value the lazy object does not have"),
+                (None, None) => {}
+            }
+        }
+        assert_eq!(read, 7);
     }
 
     #[test]
