@@ -247,7 +247,7 @@ fn scalar(b: &[u8], start: usize, end: usize) -> Option<Owned> {
     })
 }
 
-/// The value at `path` (keys from the object's root) of the object text `bytes`, which the
+/// The value at `path` (keys from the object's root) of the object text `b`, which the
 /// review decoder checked, when it is a string, number, boolean or null: read in place,
 /// without a document, a level or an index built, and converted as the lazy object converts
 /// it. For a comparison of one field with a literal, the most common rule. Members the
@@ -256,8 +256,7 @@ fn scalar(b: &[u8], start: usize, end: usize) -> Option<Owned> {
 /// one per member walked, as the lazy maps do. `None` when a step is missing or not an
 /// object, or the value is an array or object: the caller then takes the lazy way, which
 /// says what is wrong.
-pub(crate) fn scalar_at(bytes: &[u8], found: Found, path: &[String]) -> Option<Owned> {
-    let b = bytes;
+pub(crate) fn scalar_at(b: &[u8], found: Found, path: &[String]) -> Option<Owned> {
     let (mut start, mut end) = (ws(b, 0), b.len());
     let mut level = Level::Root;
     for key in path {
@@ -278,38 +277,73 @@ pub(crate) fn scalar_at(bytes: &[u8], found: Found, path: &[String]) -> Option<O
     scalar(b, start, end)
 }
 
+/// One member of an object's text: its key with the quotes, whether the key has escapes,
+/// and where its value starts and ends.
+struct RawMember {
+    quoted: std::ops::Range<usize>,
+    escaped: bool,
+    start: usize,
+    end: usize,
+}
+
+/// Hands each member of the object at `b[at]` (`{`) to `each`, in order; `end_of` says where a
+/// value starting at an index ends. `None` when the text does not scan or `each` says stop.
+fn each_member(
+    b: &[u8],
+    at: usize,
+    end_of: impl Fn(usize) -> Option<usize>,
+    mut each: impl FnMut(RawMember) -> Option<()>,
+) -> Option<()> {
+    let mut i = ws(b, at + 1);
+    if *b.get(i)? == b'}' {
+        return Some(());
+    }
+    loop {
+        let (kend, escaped) = string_end(b, i)?;
+        let quoted = i..kend;
+        i = ws(b, kend);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        let start = ws(b, i + 1);
+        let end = end_of(start)?;
+        each(RawMember {
+            quoted,
+            escaped,
+            start,
+            end,
+        })?;
+        i = ws(b, end);
+        match *b.get(i)? {
+            b',' => i = ws(b, i + 1),
+            b'}' => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
 /// The range of the value of the last member `key` of the object at `b[at]` (`{`).
 fn member_of(b: &[u8], at: usize, key: &str) -> Option<(usize, usize)> {
-    let mut i = ws(b, at + 1);
     let mut hit = None;
     let mut walked = 0u64;
-    if *b.get(i)? != b'}' {
-        loop {
-            let (kend, escaped) = string_end(b, i)?;
-            let name = b.get(i + 1..kend - 1)?;
-            let same = if escaped {
+    each_member(
+        b,
+        at,
+        |start| value_end(b, start),
+        |m| {
+            let name = b.get(m.quoted.start + 1..m.quoted.end - 1)?;
+            let same = if m.escaped {
                 json::unescape(std::str::from_utf8(name).ok()?)? == key
             } else {
                 name == key.as_bytes()
             };
-            i = ws(b, kend);
-            if *b.get(i)? != b':' {
-                return None;
-            }
-            let start = ws(b, i + 1);
-            let end = value_end(b, start)?;
             walked += 1;
             if same {
-                hit = Some((start, end));
+                hit = Some((m.start, m.end));
             }
-            i = ws(b, end);
-            match *b.get(i)? {
-                b',' => i = ws(b, i + 1),
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+            Some(())
+        },
+    )?;
     if !charge(walked.max(1)) {
         return None;
     }
@@ -470,50 +504,36 @@ impl MapNode {
         let b: &[u8] = &self.doc;
         let mut entries = Vec::with_capacity(HASHED);
         let mut pending = 0;
-        let mut i = ws(b, self.start + 1);
-        if *b.get(i)? != b'}' {
-            loop {
-                if *b.get(i)? != b'"' {
-                    return None;
-                }
-                let (kend, escaped) = string_end(b, i)?;
-                let key = if escaped {
-                    KeyText::Decoded(serde_json::from_slice::<String>(&b[i..kend]).ok()?.into())
-                } else {
-                    KeyText::Raw(i + 1, kend - 1)
-                };
-                i = ws(b, kend);
-                if *b.get(i)? != b':' {
-                    return None;
-                }
-                let start = ws(b, i + 1);
-                // A value the decoder found is not scanned again (the object's `spec` is
-                // most of its text).
-                let end = match self.found(|_, s, _| s == start) {
-                    Some((_, _, e, _)) => e,
-                    None => value_end(b, start)?,
-                };
-                if entries.len() % 1024 == 1023
-                    && !self.doc.convert_more(std::mem::take(&mut pending))
-                {
-                    return None;
-                }
-                // The entry, and its value once an expression reaches it.
-                pending += 64 + weight(b, start, end);
-                entries.push(Entry {
-                    key,
-                    start,
-                    end,
-                    value: OnceLock::new(),
-                });
-                i = ws(b, end);
-                match *b.get(i)? {
-                    b',' => i = ws(b, i + 1),
-                    b'}' => break,
-                    _ => return None,
-                }
+        // A value the decoder found is not scanned again (the object's `spec` is most of its
+        // text).
+        let end_of = |start| match self.found(|_, s, _| s == start) {
+            Some((_, _, e, _)) => Some(e),
+            None => value_end(b, start),
+        };
+        each_member(b, self.start, end_of, |m| {
+            let key = if m.escaped {
+                KeyText::Decoded(
+                    serde_json::from_slice::<String>(&b[m.quoted.clone()])
+                        .ok()?
+                        .into(),
+                )
+            } else {
+                KeyText::Raw(m.quoted.start + 1, m.quoted.end - 1)
+            };
+            if entries.len() % 1024 == 1023 && !self.doc.convert_more(std::mem::take(&mut pending))
+            {
+                return None;
             }
-        }
+            // The entry, and its value once an expression reaches it.
+            pending += 64 + weight(b, m.start, m.end);
+            entries.push(Entry {
+                key,
+                start: m.start,
+                end: m.end,
+                value: OnceLock::new(),
+            });
+            Some(())
+        })?;
         if !self.doc.convert_more(pending) {
             return None;
         }
