@@ -139,8 +139,17 @@ impl<'a> Raw<'a> {
     /// everywhere in Kubernetes). All `None` when the value is not an object.
     pub fn fields<const N: usize>(self, keys: [&str; N]) -> [Option<Raw<'a>>; N] {
         let mut out = [None; N];
+        self.fields_into(&keys, &mut out);
+        out
+    }
+
+    /// [`Raw::fields`] for a number of keys known only at run time: `out[i]` is set to the
+    /// value of `keys[i]` (`out` as long as `keys`), all `None` when the value is not an
+    /// object.
+    pub(crate) fn fields_into(self, keys: &[&str], out: &mut [Option<Raw<'a>>]) {
+        out.fill(None);
         let Some(mut m) = self.members() else {
-            return out;
+            return;
         };
         loop {
             match m.next_key() {
@@ -148,14 +157,15 @@ impl<'a> Raw<'a> {
                     if let Some(i) = keys.iter().position(|w| k.is(w)) {
                         match m.skip() {
                             Ok(v) => out[i] = Some(Raw(v)),
-                            Err(_) => return [None; N],
+                            Err(_) => break,
                         }
                     }
                 }
-                Ok(None) => return out,
-                Err(_) => return [None; N],
+                Ok(None) => return,
+                Err(_) => break,
             }
         }
+        out.fill(None);
     }
 
     /// The value of one key in this object.

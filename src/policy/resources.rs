@@ -117,24 +117,27 @@ impl Resources {
         Ok(())
     }
 
-    /// The container's value for `name` in `which`, with requests falling back to limits.
-    fn value<'a>(
-        [requests, limits]: [Option<Raw<'a>>; 2],
-        which: Which,
-        name: &str,
-    ) -> Option<Raw<'a>> {
-        let get = |m: Option<Raw<'a>>| m.and_then(|m| m.get(name));
-        match which {
-            Which::Limits => get(limits),
-            Which::Requests => get(requests).or_else(|| get(limits)),
+    /// Every resource name the rules name, once each.
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for rules in [&self.requests, &self.limits] {
+            let named = rules.required.iter().chain(rules.max.keys());
+            for name in named {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
         }
+        names
     }
 
-    fn check_container(&self, c: &Container<'_>, problems: &mut Findings) {
-        let maps = match c.resources {
-            Some(r) => r.fields(["requests", "limits"]),
-            None => [None, None],
-        };
+    fn check_container<'a>(
+        &self,
+        c: &Container<'a>,
+        values: &mut Values<'_, 'a>,
+        problems: &mut Findings,
+    ) {
+        values.read(c.resources);
         let mut missing = Vec::new();
         let mut over = Vec::new();
         for (which, rules) in [
@@ -142,12 +145,12 @@ impl Resources {
             (Which::Limits, &self.limits),
         ] {
             for name in &rules.required {
-                if Self::value(maps, which, name).is_none_or(Raw::is_null) {
+                if values.get(which, name).is_none_or(Raw::is_null) {
                     missing.push((name.as_str(), which));
                 }
             }
             for (name, max) in &rules.max {
-                let Some(raw) = Self::value(maps, which, name) else {
+                let Some(raw) = values.get(which, name) else {
                     continue;
                 };
                 let text = match raw.as_str() {
@@ -210,11 +213,12 @@ impl Resources {
             return Outcome::Pass;
         };
         let mut problems = Findings::new();
+        let mut values = Values::new(self.names());
         for c in template.containers_in(&SECTIONS) {
             if self.exempt_images.covers(c.image()) {
                 continue;
             }
-            self.check_container(&c, &mut problems);
+            self.check_container(&c, &mut values, &mut problems);
         }
         if problems.is_empty() {
             return Outcome::Pass;
@@ -225,6 +229,46 @@ impl Resources {
             problems.join_commas(),
             self.requirement()
         ))
+    }
+}
+
+/// One container's values for the resource names a policy reads: its `requests` and `limits`
+/// maps each walked once for all the names (not once per rule).
+struct Values<'p, 'a> {
+    names: Vec<&'p str>,
+    /// The value of each name in `requests`, then in `limits`.
+    found: Vec<Option<Raw<'a>>>,
+}
+
+impl<'p, 'a> Values<'p, 'a> {
+    fn new(names: Vec<&'p str>) -> Self {
+        let found = vec![None; 2 * names.len()];
+        Self { names, found }
+    }
+
+    /// Reads the values of the container whose `resources` is `resources`.
+    fn read(&mut self, resources: Option<Raw<'a>>) {
+        let [requests, limits] = match resources {
+            Some(r) => r.fields(["requests", "limits"]),
+            None => [None, None],
+        };
+        let (in_requests, in_limits) = self.found.split_at_mut(self.names.len());
+        for (map, out) in [(requests, in_requests), (limits, in_limits)] {
+            match map {
+                Some(m) => m.fields_into(&self.names, out),
+                None => out.fill(None),
+            }
+        }
+    }
+
+    /// The value for `name` in `which`, with requests falling back to limits.
+    fn get(&self, which: Which, name: &str) -> Option<Raw<'a>> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        let limit = self.found[self.names.len() + i];
+        match which {
+            Which::Limits => limit,
+            Which::Requests => self.found[i].or(limit),
+        }
     }
 }
 
@@ -299,6 +343,55 @@ limits: {required: [cpu, memory]}
                     "Pod app-ns/web: {m}; policy resources-set requires requests cpu, memory and limits cpu, memory set"
                 ))
             ),
+        }
+    }
+
+    #[test]
+    fn each_container_is_judged_on_its_own_values() {
+        // Values read for one container must not stand in for the next one's.
+        let p = policy(ALL_FOUR);
+        let full = json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}});
+        let named = |name: &str, resources: Value| json!({"name": name, "image": "nginx", "resources": resources});
+        for containers in [
+            json!([named("full", full.clone()), named("bare", json!({}))]),
+            json!([named("bare", json!({})), named("full", full.clone())]),
+        ] {
+            let got = p.evaluate("r", &create(pod(json!({"containers": containers}))));
+            let Outcome::Violation(m) = got else {
+                panic!("{got:?}")
+            };
+            assert!(m.contains("container bare has no cpu request"), "{m}");
+            assert!(!m.contains("container full"), "{m}");
+        }
+    }
+
+    #[rstest]
+    #[case::last_within(r#""cpu":"3","cpu":"1""#, None)]
+    #[case::last_over(r#""cpu":"1","cpu":"3""#, Some("cpu request 3 is above 2"))]
+    fn the_last_of_duplicate_resource_names_counts(
+        #[case] members: &str,
+        #[case] expected: Option<&str>,
+    ) {
+        // As the API server decodes it: a later member of the same name replaces the earlier.
+        let p = policy(CAPPED);
+        let resources = json!({"requests": {"memory": "1Gi", "cpu": "MARK"}});
+        let review = serde_json::to_string(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "operation": "CREATE", "name": "web", "namespace": "app-ns",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "userInfo": {"username": "u"},
+                "object": pod(json!({"containers": [container(resources)]})),
+            }
+        }))
+        .unwrap()
+        .replace(r#""cpu":"MARK""#, members);
+        let req = crate::admission::testing::leak(review.into_bytes()).unwrap();
+        match (p.evaluate("caps", &req), expected) {
+            (Outcome::Pass, None) => {}
+            (Outcome::Violation(m), Some(e)) => assert!(m.contains(e), "{m}"),
+            (got, _) => panic!("{got:?}"),
         }
     }
 
