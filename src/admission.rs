@@ -147,25 +147,47 @@ impl<'a> Raw<'a> {
     /// value of `keys[i]` (`out` as long as `keys`), all `None` when the value is not an
     /// object.
     pub(crate) fn fields_into(self, keys: &[&str], out: &mut [Option<Raw<'a>>]) {
-        out.fill(None);
-        let Some(mut m) = self.members() else {
-            return;
-        };
-        loop {
-            match m.next_key() {
-                Ok(Some(k)) => {
-                    if let Some(i) = keys.iter().position(|w| k.is(w)) {
-                        match m.skip() {
-                            Ok(v) => out[i] = Some(Raw(v)),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => break,
+        match self.members() {
+            Some(m) => {
+                read_fields(m, keys, out);
             }
+            None => out.fill(None),
         }
-        out.fill(None);
+    }
+
+    /// The elements of this array, each with the values of `keys` in it (all `None` for an
+    /// element that is not an object), read in one walk: an object element is passed by
+    /// reading its members, not skipped first and walked again. None when the value is not
+    /// an array.
+    pub fn iter_objects<const N: usize>(
+        self,
+        keys: [&str; N],
+    ) -> impl Iterator<Item = ([Option<Raw<'a>>; N], Raw<'a>)> {
+        let text = self.0;
+        let mut items = Items::open_checked(text, 0).ok();
+        std::iter::from_fn(move || {
+            let list = items.as_mut()?;
+            let read = match list.next_start() {
+                Ok(Some(start)) => {
+                    let mut out = [None; N];
+                    let b = text.as_bytes();
+                    let end = match Members::open_checked(text, start) {
+                        Ok(m) => read_fields(m, &keys, &mut out),
+                        // Not an object: passed whole, with no values.
+                        Err(_) => json::trusted_value_end(b, start),
+                    };
+                    end.and_then(|end| {
+                        list.read_to(end);
+                        Some((out, Raw(text.get(start..end)?)))
+                    })
+                }
+                _ => None,
+            };
+            if read.is_none() {
+                items = None;
+            }
+            read
+        })
     }
 
     /// The value of one key in this object.
@@ -221,6 +243,33 @@ impl<'a> Raw<'a> {
     pub fn to_value(self) -> serde_json::Value {
         serde_json::from_str(self.0).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Reads the members of `m` to its end, setting `out[i]` to the value of `keys[i]` (the last
+/// of duplicate keys wins, as everywhere in Kubernetes): the index just after the object, or
+/// `None` (and `out` all `None`) when the text does not read as an object.
+fn read_fields<'a>(
+    mut m: Members<'a>,
+    keys: &[&str],
+    out: &mut [Option<Raw<'a>>],
+) -> Option<usize> {
+    out.fill(None);
+    loop {
+        match m.next_key() {
+            Ok(Some(k)) => {
+                if let Some(i) = keys.iter().position(|w| k.is(w)) {
+                    match m.skip() {
+                        Ok(v) => out[i] = Some(Raw(v)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Ok(None) => return Some(m.end()),
+            Err(_) => break,
+        }
+    }
+    out.fill(None);
+    None
 }
 
 /// Group, version and kind of the object (`request.kind`).
@@ -1495,6 +1544,23 @@ mod tests {
         assert_eq!(raw.entries().len(), 6);
         assert_eq!(raw.iter_entries().count(), 6);
         assert_eq!(c.unwrap().iter_items().count(), 2);
+    }
+
+    #[rstest]
+    #[case::objects(r#"[{"n":"a","i":"x"},{"i":"y","n":"b","i":"z"}]"#)]
+    #[case::not_only_objects(r#"[ "s" , 3, [ {"n":1} ], null, {"n" : {"i":[1,"]"]}, "z": "}"} ]"#)]
+    #[case::escaped_keys(r#"[{"n":"a","n"":1},{}]"#)]
+    #[case::empty("[ ]")]
+    #[case::not_an_array(r#"{"n":1}"#)]
+    fn objects_of_a_list_are_read_as_their_items_and_fields_read_them(#[case] text: &str) {
+        // One walk over each element gives what skipping it and then walking it gives.
+        let raw = Raw(text);
+        let expected: Vec<_> = raw
+            .iter_items()
+            .map(|item| (item.fields(["n", "i"]), item))
+            .collect();
+        let got: Vec<_> = raw.iter_objects(["n", "i"]).collect();
+        assert_eq!(got, expected, "{text}");
     }
 
     #[rstest]

@@ -759,7 +759,10 @@ impl<'a> Members<'a> {
 /// The elements of an array one at a time, as text (each checked, nesting at most `depth`).
 pub(crate) struct Items<'a> {
     text: &'a str,
+    /// The next unread byte: the current element, or where the previous one ended.
     pos: usize,
+    /// Whether the current element (from [`Items::next_start`]) is still to be passed.
+    pending: bool,
     first: bool,
     done: bool,
     /// As in [`Members`]: `None` for text already checked.
@@ -782,6 +785,7 @@ impl<'a> Items<'a> {
             Some(b'[') => Ok(Self {
                 text,
                 pos: at + 1,
+                pending: false,
                 first: true,
                 done: false,
                 depth,
@@ -793,8 +797,24 @@ impl<'a> Items<'a> {
 
     /// The next element's text, or `None` after the closing bracket.
     pub(crate) fn next_item(&mut self) -> Result<Option<(usize, &'a str)>> {
+        let Some(i) = self.next_start()? else {
+            return Ok(None);
+        };
+        let item = value_at(self.text, i, self.depth)?;
+        self.read_to(i + item.len());
+        Ok(Some((i, item)))
+    }
+
+    /// Where the next element starts, or `None` after the closing bracket; the element is
+    /// not passed: the caller reads it and says where it ended with [`Items::read_to`], or the
+    /// next call skips it.
+    pub(crate) fn next_start(&mut self) -> Result<Option<usize>> {
         if self.done {
             return Ok(None);
+        }
+        if self.pending {
+            let item = value_at(self.text, self.pos, self.depth)?;
+            self.read_to(self.pos + item.len());
         }
         let b = self.text.as_bytes();
         let mut i = skip_ws(b, self.pos);
@@ -817,9 +837,15 @@ impl<'a> Items<'a> {
                 None => return Err(Error::new(i, What::Eof)),
             }
         }
-        let item = value_at(self.text, i, self.depth)?;
-        self.pos = i + item.len();
-        Ok(Some((i, item)))
+        self.pos = i;
+        self.pending = true;
+        Ok(Some(i))
+    }
+
+    /// Says the caller read the current element itself and it ended at `end`.
+    pub(crate) fn read_to(&mut self, end: usize) {
+        self.pos = end;
+        self.pending = false;
     }
 
     /// Just after the closing bracket, once [`Items::next_item`] has returned `None`.
@@ -1222,6 +1248,37 @@ mod tests {
         }
         assert_eq!(seen, ["a:2", "cd=\"x\"", "e={}"]);
         assert_eq!(m.end(), text.len());
+    }
+
+    #[test]
+    fn elements_left_unread_are_skipped() {
+        let text = r#"[1, {"a": [2, "]"]} , "x", []]"#;
+        for depth in [Some(8), None] {
+            let open = |t| match depth {
+                Some(d) => Items::open(t, 0, d),
+                None => Items::open_checked(t, 0),
+            };
+            let mut items = open(text).unwrap();
+            let mut whole = Vec::new();
+            while let Some((at, item)) = items.next_item().unwrap() {
+                whole.push((at, item));
+            }
+            // Every element's start, read to its end by the caller or left to the cursor.
+            for read_every in [false, true] {
+                let mut items = open(text).unwrap();
+                let mut starts = Vec::new();
+                while let Some(at) = items.next_start().unwrap() {
+                    starts.push(at);
+                    if read_every {
+                        let item = whole[starts.len() - 1].1;
+                        items.read_to(at + item.len());
+                    }
+                }
+                let expected: Vec<usize> = whole.iter().map(|(at, _)| *at).collect();
+                assert_eq!(starts, expected);
+                assert_eq!(items.end(), text.len());
+            }
+        }
     }
 
     #[test]

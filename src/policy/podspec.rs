@@ -75,9 +75,19 @@ pub(crate) struct Container<'a> {
     pub(crate) resources: Option<Raw<'a>>,
 }
 
+/// The fields of a container that [`Container`] keeps.
+const FIELDS: [&str; 4] = ["name", "image", "ports", "resources"];
+
 impl<'a> Container<'a> {
-    fn read(section: Section, index: usize, raw: Raw<'a>) -> Self {
-        let [name, image, ports, resources] = raw.fields(["name", "image", "ports", "resources"]);
+    /// The containers of `list`, each read in one walk over its members.
+    fn each(section: Section, list: Raw<'a>) -> impl Iterator<Item = Self> {
+        list.iter_objects(FIELDS)
+            .enumerate()
+            .map(move |(n, (fields, _))| Self::of(section, n, fields))
+    }
+
+    fn of(section: Section, index: usize, fields: [Option<Raw<'a>>; 4]) -> Self {
+        let [name, image, ports, resources] = fields;
         Self {
             section,
             index,
@@ -162,12 +172,12 @@ impl<'a> PodTemplate<'a> {
         let mut longer = [false; 3];
         for (i, section) in Section::ALL.into_iter().enumerate() {
             if let Some(list) = lists[i] {
-                for (n, c) in list.iter_items().enumerate() {
+                for (n, c) in Container::each(section, list).enumerate() {
                     if n == KEPT {
                         longer[i] = true;
                         break;
                     }
-                    kept[i].push(Container::read(section, n, c));
+                    kept[i].push(c);
                 }
             }
         }
@@ -184,12 +194,9 @@ impl<'a> PodTemplate<'a> {
     /// The containers of one section, in order.
     fn section(&self, s: Section) -> impl Iterator<Item = Container<'a>> + '_ {
         let i = Section::ALL.iter().position(|&x| x == s).unwrap_or(0);
-        let tail = self.lists[i].filter(|_| self.longer[i]).map(move |list| {
-            list.iter_items()
-                .enumerate()
-                .skip(KEPT)
-                .map(move |(n, c)| Container::read(s, n, c))
-        });
+        let tail = self.lists[i]
+            .filter(|_| self.longer[i])
+            .map(move |list| Container::each(s, list).skip(KEPT));
         self.kept[i]
             .iter()
             .cloned()
