@@ -170,16 +170,14 @@ impl<'a> Raw<'a> {
             let read = match list.next_start() {
                 Ok(Some(start)) => {
                     let mut out = [None; N];
-                    let b = text.as_bytes();
-                    let end = match Members::open_checked(text, start) {
-                        Ok(m) => read_fields(m, &keys, &mut out),
+                    match Members::open_checked(text, start) {
+                        Ok(m) => read_fields(m, &keys, &mut out).and_then(|end| {
+                            list.read_to(end);
+                            Some((out, Raw(text.get(start..end)?)))
+                        }),
                         // Not an object: passed whole, with no values.
-                        Err(_) => json::trusted_value_end(b, start),
-                    };
-                    end.and_then(|end| {
-                        list.read_to(end);
-                        Some((out, Raw(text.get(start..end)?)))
-                    })
+                        Err(_) => list.pass().ok().map(|(_, item)| (out, Raw(item))),
+                    }
                 }
                 _ => None,
             };

@@ -797,12 +797,19 @@ impl<'a> Items<'a> {
 
     /// The next element's text, or `None` after the closing bracket.
     pub(crate) fn next_item(&mut self) -> Result<Option<(usize, &'a str)>> {
-        let Some(i) = self.next_start()? else {
+        if self.next_start()?.is_none() {
             return Ok(None);
-        };
-        let item = value_at(self.text, i, self.depth)?;
-        self.read_to(i + item.len());
-        Ok(Some((i, item)))
+        }
+        self.pass().map(Some)
+    }
+
+    /// Passes the current element (from [`Items::next_start`]), returning where it starts
+    /// and its text.
+    pub(crate) fn pass(&mut self) -> Result<(usize, &'a str)> {
+        let start = self.pos;
+        let item = value_at(self.text, start, self.depth)?;
+        self.read_to(start + item.len());
+        Ok((start, item))
     }
 
     /// Where the next element starts, or `None` after the closing bracket; the element is
@@ -813,8 +820,7 @@ impl<'a> Items<'a> {
             return Ok(None);
         }
         if self.pending {
-            let item = value_at(self.text, self.pos, self.depth)?;
-            self.read_to(self.pos + item.len());
+            self.pass()?;
         }
         let b = self.text.as_bytes();
         let mut i = skip_ws(b, self.pos);

@@ -512,11 +512,8 @@ impl MapNode {
         };
         each_member(b, self.start, end_of, |m| {
             let key = if m.escaped {
-                KeyText::Decoded(
-                    serde_json::from_slice::<String>(&b[m.quoted.clone()])
-                        .ok()?
-                        .into(),
-                )
+                let inner = b.get(m.quoted.start + 1..m.quoted.end - 1)?;
+                KeyText::Decoded(json::unescape(std::str::from_utf8(inner).ok()?)?.into())
             } else {
                 KeyText::Raw(m.quoted.start + 1, m.quoted.end - 1)
             };
