@@ -11,7 +11,13 @@
 //! [`value`]) and a time limit; the object is decoded into CEL values only when a CEL policy
 //! matches, once per review. Native `ValidatingAdmissionPolicy` and
 //! `ValidatingAdmissionPolicyBinding` manifests are read by [`vap`] into the same compiled form.
+//!
+//! Most expressions are answered by [`fast`], a direct evaluator planned at load that applies
+//! the interpreter's own operations without its per-node set-up; whatever it does not plainly
+//! answer (any error, an unexpected type, a construct it does not plan) goes to cel-rust's
+//! interpreter, which then evaluates the expression from the start.
 
+mod fast;
 pub(crate) mod lazy;
 pub mod library;
 pub mod value;
@@ -30,6 +36,7 @@ use ::cel::context::VariableResolver;
 use ::cel::{Context, ExecutionError, Value};
 use serde::Deserialize;
 
+use fast::Plan;
 use value::{BudgetGuard, Owned, PER_EXPRESSION_COST, PER_POLICY_COST, SharedMap};
 
 /// How long one policy's expressions may run in all before the review gets the
@@ -122,6 +129,8 @@ struct Compiled {
     expr: IdedExpr,
     /// The expression when it is a comparison of a name with a literal (see [`Simple`]).
     simple: Option<Simple>,
+    /// The expression planned for the direct evaluator, when it can be (see [`fast`]).
+    plan: Option<fast::Plan>,
     /// Indices of the variables it reads directly.
     uses: Vec<usize>,
     /// Cost of one comprehension step: the node count of its largest loop body.
@@ -595,6 +604,7 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
     Ok(Compiled {
         source: source.to_owned(),
         simple: Simple::of(&expr),
+        plan: Plan::of(&expr),
         expr,
         uses,
         step_cost,
@@ -1163,14 +1173,62 @@ fn with_result<T>(
         }
         before.restore();
     }
-    let mut ctx = Context::with_env(Arc::clone(&library::ENV));
-    ctx.set_variable_resolver(scope);
     let previous = value::set_iteration_cost(c.step_cost);
-    let result = Value::resolve_val(&c.expr, &ctx)
-        .map_err(|e| e.to_string())
-        .and_then(|v| f(v.as_ref()));
+    let result = match c
+        .plan
+        .as_ref()
+        .filter(|_| !testing::interpreter_only())
+        .and_then(|plan| {
+            // The direct evaluator gives the interpreter's result or none; on none the budget is
+            // as it was and the interpreter starts over.
+            let before = value::BudgetSnapshot::take();
+            let v = plan.eval(scope);
+            match v {
+                Some(_) => testing::answered_directly(),
+                None => before.restore(),
+            }
+            v
+        }) {
+        Some(v) => f(v.as_ref()),
+        None => {
+            let mut ctx = Context::with_env(Arc::clone(&library::ENV));
+            ctx.set_variable_resolver(scope);
+            Value::resolve_val(&c.expr, &ctx)
+                .map_err(|e| e.to_string())
+                .and_then(|v| f(v.as_ref()))
+        }
+    };
     value::set_iteration_cost(previous);
     result
+}
+
+/// Switches for tests that hold the direct evaluator ([`fast`]) to the interpreter: evaluate
+/// with the interpreter alone, and count the expressions the direct evaluator answered.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(crate) static INTERPRETER_ONLY: Cell<bool> = const { Cell::new(false) };
+        pub(crate) static DIRECT_ANSWERS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(super) fn interpreter_only() -> bool {
+        INTERPRETER_ONLY.with(Cell::get)
+    }
+
+    pub(super) fn answered_directly() {
+        DIRECT_ANSWERS.with(|n| n.set(n.get() + 1));
+    }
+}
+
+#[cfg(not(test))]
+mod testing {
+    pub(super) fn interpreter_only() -> bool {
+        false
+    }
+
+    pub(super) fn answered_directly() {}
 }
 
 /// What expressions resolve their root names against.
@@ -1562,6 +1620,26 @@ mod tests {
     fn policy(yaml: &str) -> Result<CelPolicy, String> {
         let params: CelParams = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
         CelPolicy::from_params(params)
+    }
+
+    /// `params` (a `cel` policy's params as YAML) judged on `object` with the direct
+    /// evaluator and then with the interpreter alone, and how many expressions the direct
+    /// evaluator answered.
+    pub(crate) fn both_ways(params: &str, object: &str) -> (Evaluation, Evaluation, usize) {
+        let p = policy(params).unwrap_or_else(|e| panic!("{params}: {e}"));
+        let attrs = deployment_attrs("CREATE");
+        let run = |interpreter_only: bool| {
+            testing::INTERPRETER_ONLY.with(|f| f.set(interpreter_only));
+            testing::DIRECT_ANSWERS.with(|n| n.set(0));
+            let act = Activation::new(&attrs, Some(object.as_bytes()), None);
+            let e = p.evaluate(&act);
+            testing::INTERPRETER_ONLY.with(|f| f.set(false));
+            (e, testing::DIRECT_ANSWERS.with(|n| n.get()))
+        };
+        let (direct, answered) = run(false);
+        let (interpreted, none) = run(true);
+        assert_eq!(none, 0, "the interpreter alone answered everything");
+        (direct, interpreted, answered)
     }
 
     fn verdict(p: &CelPolicy, object: &str) -> Verdict {
