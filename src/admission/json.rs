@@ -543,7 +543,7 @@ pub(crate) fn trusted_value_end(b: &[u8], i: usize) -> Option<usize> {
 /// The text of a string's contents (between its quotes) with escapes resolved; `None` for an
 /// escape JSON allows but no string can hold (a lone surrogate).
 pub(crate) fn unescape(raw: &str) -> Option<Cow<'_, str>> {
-    if !raw.contains('\\') {
+    if memchr::memchr(b'\\', raw.as_bytes()).is_none() {
         return Some(Cow::Borrowed(raw));
     }
     let b = raw.as_bytes();

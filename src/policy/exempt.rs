@@ -149,12 +149,14 @@ impl<'a> ImageRef<'a> {
         if image.is_empty() {
             return Err(RefError::Empty);
         }
-        let (left, digest) = match image.split_once('@') {
+        // The separators are ASCII, found byte by byte (references are short: a char
+        // pattern's searcher costs more than the search).
+        let (left, digest) = match split_once_byte(image, b'@') {
             Some((l, d)) => (l, Some(d)),
             None => (image, None),
         };
-        let last = left.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match left[last..].find(':') {
+        let last = rfind_byte(left, b'/').map_or(0, |i| i + 1);
+        let (name, tag) = match find_byte(&left[last..], b':') {
             Some(c) => (&left[..last + c], Some(&left[last + c + 1..])),
             None => (left, None),
         };
@@ -172,8 +174,8 @@ impl<'a> ImageRef<'a> {
         };
         // Docker's normalisation of the name.
         let (mut registry, mut rest) = ("docker.io", name);
-        if let Some((first, after)) = name.split_once('/')
-            && (first.contains(['.', ':']) || first == "localhost")
+        if let Some((first, after)) = split_once_byte(name, b'/')
+            && (first.bytes().any(|b| b == b'.' || b == b':') || first == "localhost")
         {
             registry = first;
             rest = after;
@@ -181,7 +183,7 @@ impl<'a> ImageRef<'a> {
         if registry == "index.docker.io" {
             registry = "docker.io";
         }
-        let library = registry == "docker.io" && !rest.contains('/');
+        let library = registry == "docker.io" && find_byte(rest, b'/').is_none();
         let r = Self {
             registry,
             library,
@@ -298,8 +300,8 @@ impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for DisplayFn<F
 /// `[host[:port]/]component(/component)*`: either every `/`-separated part is a path
 /// component, or the first is a registry host and the others (at least one) are.
 fn valid_name(name: &str) -> bool {
-    let mut parts = name.split('/');
-    let first = parts.next().unwrap_or("");
+    let mut parts = name.as_bytes().split(|&b| b == b'/');
+    let first = parts.next().unwrap_or_default();
     let rest_ok = parts.clone().all(valid_component);
     if !rest_ok {
         return false;
@@ -307,9 +309,24 @@ fn valid_name(name: &str) -> bool {
     valid_component(first) || (parts.next().is_some() && valid_domain(first))
 }
 
+/// The first `b` (an ASCII byte) in `s`.
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|x| x == b)
+}
+
+/// The last `b` (an ASCII byte) in `s`.
+fn rfind_byte(s: &str, b: u8) -> Option<usize> {
+    s.bytes().rposition(|x| x == b)
+}
+
+/// `s` around its first `b` (an ASCII byte, so both sides are whole text).
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = find_byte(s, b)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
+fn valid_component(b: &[u8]) -> bool {
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
         return false;
@@ -334,18 +351,17 @@ fn valid_component(c: &str) -> bool {
 }
 
 /// `label(\.label)*(:[0-9]+)?`, a label being `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?`.
-fn valid_domain(d: &str) -> bool {
-    let (host, port) = match d.split_once(':') {
-        Some((h, p)) => (h, Some(p)),
+fn valid_domain(d: &[u8]) -> bool {
+    let (host, port) = match d.iter().position(|&b| b == b':') {
+        Some(i) => (&d[..i], Some(&d[i + 1..])),
         None => (d, None),
     };
     if let Some(p) = port
-        && (p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        && (p.is_empty() || !p.iter().all(|b| b.is_ascii_digit()))
     {
         return false;
     }
-    host.split('.').all(|label| {
-        let b = label.as_bytes();
+    host.split(|&b| b == b'.').all(|b| {
         !b.is_empty()
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()

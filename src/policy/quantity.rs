@@ -60,14 +60,16 @@ pub(crate) fn parse_nanos(text: &str) -> Result<i128, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(rest.len());
     let (number, suffix) = rest.split_at(num_len);
-    let (int_part, frac_part) = match number.split_once('.') {
-        Some((i, f)) => (i, f),
+    // `.` is found byte by byte: a quantity is a few bytes, shorter than a char pattern's
+    // searcher is worth.
+    let (int_part, frac_part) = match number.bytes().position(|b| b == b'.') {
+        Some(i) => (&number[..i], &number[i + 1..]),
         None => (number, ""),
     };
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(bad("it has no digits before the unit"));
     }
-    if frac_part.contains('.') {
+    if frac_part.bytes().any(|b| b == b'.') {
         return Err(bad("it has more than one decimal point"));
     }
     // The digits of both parts as one whole number, leading zeros dropped.
