@@ -621,6 +621,24 @@ fn compile_here(field: &str, source: &str, known_vars: &[String]) -> Result<Comp
 fn rewrite(e: &mut IdedExpr) {
     let literal = |x: &IdedExpr| matches!(x.expr, Expr::Literal(_));
     match &mut e.expr {
+        Expr::Call(call) if call.func_name == "matches" => {
+            // `s.matches(re)` and `matches(s, re)` keep their compiled pattern
+            // ([`library::MATCHES`]); a call of another arity is left to report itself. The
+            // member form becomes `(re, s)`: the interpreter evaluates a method's arguments
+            // before its target, and so it still does.
+            match call.target.take() {
+                Some(target) if call.args.len() == 1 => {
+                    call.args.push(*target);
+                    call.func_name = library::MATCHES.to_owned();
+                }
+                None if call.args.len() == 2 => call.func_name = library::MATCHES_FN.to_owned(),
+                target => call.target = target,
+            }
+            if let Some(t) = &mut call.target {
+                rewrite(t);
+            }
+            call.args.iter_mut().for_each(rewrite);
+        }
         Expr::Call(call) => {
             if call.target.is_none() && call.args.len() == 2 {
                 let (a, b) = (&call.args[0], &call.args[1]);
@@ -1640,6 +1658,48 @@ mod tests {
         let (interpreted, none) = run(true);
         assert_eq!(none, 0, "the interpreter alone answered everything");
         (direct, interpreted, answered)
+    }
+
+    /// `expr` evaluated by cel-rust's own standard library, without Gatehouse's environment or
+    /// rewriting: the reference for what Gatehouse's replacements must give.
+    fn stdlib_result(expr: &str) -> Result<bool, String> {
+        let env = Arc::new(::cel::Env::stdlib());
+        let program = env.compile(expr).map_err(|e| format!("{e:?}"))?;
+        let ctx = Context::with_env(Arc::clone(&env));
+        let v = Value::resolve_val(program.expression(), &ctx).map_err(|e| e.to_string())?;
+        v.downcast_ref::<CelBool>()
+            .map(|b| *b.inner())
+            .ok_or_else(|| "not a bool".to_owned())
+    }
+
+    /// `matches` keeps its compiled patterns (`library::MATCHES`) and still answers as the
+    /// standard library's: results, an invalid pattern, arguments of the wrong types, in the
+    /// member and the global form, and on the same pattern again (kept).
+    #[rstest]
+    #[case("'abc'.matches('^a')")]
+    #[case("'abc'.matches('^b')")]
+    #[case("matches('abc', 'c$')")]
+    #[case("matches('abc', 'b$')")]
+    #[case("'ABC'.matches('(?i)^abc$')")]
+    #[case("'é'.matches('^.$') && !'é'.matches('^..$')")]
+    #[case("'a-b'.matches('^[a-z]-[a-z]$') && 'a-b'.matches('^[a-z]-[a-z]$')")]
+    #[case("'a'.matches('(')")]
+    #[case("matches('a', '[')")]
+    #[case("'a'.matches(1)")]
+    #[case("matches(1, 'a')")]
+    #[case("'a'.matches('a', 'b')")]
+    fn matches_answers_as_the_standard_library(#[case] expr: &str) {
+        let want = stdlib_result(expr);
+        for round in 0..2 {
+            let got = check(expr);
+            match (&want, &got) {
+                (Ok(true), Verdict::Pass) | (Ok(false), Verdict::Violation { .. }) => {}
+                (Err(e), Verdict::Error(msg)) if msg.contains(e.as_str()) => {}
+                _ => panic!(
+                    "{expr} (round {round}): the standard library gives {want:?}, Gatehouse {got:?}"
+                ),
+            }
+        }
     }
 
     fn verdict(p: &CelPolicy, object: &str) -> Verdict {

@@ -49,7 +49,49 @@ fn try_build() -> Result<Env, Box<(Env, ::cel::DeclarationError)>> {
     if let Err(e) = register_comparisons(&mut env) {
         return Err(Box::new((env, e)));
     }
+    if let Err(e) = register_matches(&mut env) {
+        return Err(Box::new((env, e)));
+    }
     Ok(env)
+}
+
+/// A pattern is compiled once and kept; past `KEPT_PATTERNS` the kept ones are dropped, never
+/// more than that many kept; a pattern too long or too large to keep still compiles for its
+/// call, with the default limits.
+#[cfg(test)]
+#[test]
+fn patterns_are_compiled_once_and_kept_within_bounds() {
+    // A pattern of its own, so other tests running beside this one cannot clear it between
+    // the two calls unless they fill the whole cache (they use a few patterns each).
+    let a = compiled("^kept-once-[0-9]+$").unwrap();
+    let b = compiled("^kept-once-[0-9]+$").unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "compiled twice");
+    for i in 0..3 * KEPT_PATTERNS {
+        assert!(
+            compiled(&format!("^p{i}$"))
+                .unwrap()
+                .is_match(&format!("p{i}"))
+        );
+        assert!(PATTERNS.lock().unwrap().len() <= KEPT_PATTERNS);
+    }
+    let long = format!("^{}$", "a".repeat(KEPT_PATTERN_LEN));
+    assert!(
+        compiled(&long)
+            .unwrap()
+            .is_match(&"a".repeat(KEPT_PATTERN_LEN))
+    );
+    assert!(!PATTERNS.lock().unwrap().contains_key(long.as_str()));
+    // Larger compiled than a kept pattern may be, within the default limit.
+    let large = r"\w{50}";
+    assert!(
+        regex::RegexBuilder::new(large)
+            .size_limit(KEPT_PROGRAM_SIZE)
+            .build()
+            .is_err()
+    );
+    assert!(compiled(large).unwrap().is_match(&"q".repeat(50)));
+    assert!(!PATTERNS.lock().unwrap().contains_key(large));
+    assert!(compiled("(").is_err());
 }
 
 #[cfg(test)]
@@ -448,8 +490,96 @@ fn last_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
 
 // --- regex -----------------------------------------------------------------------------------
 
-fn regex(pattern: &str, f: &str) -> Result<regex::Regex, ExecutionError> {
-    regex::Regex::new(pattern).map_err(|e| err(f, format!("invalid regular expression: {e}")))
+fn regex(pattern: &str, f: &str) -> Result<Arc<regex::Regex>, ExecutionError> {
+    compiled(pattern).map_err(|e| err(f, format!("invalid regular expression: {e}")))
+}
+
+/// How many compiled patterns are kept, how long a kept pattern may be, and how large its
+/// compiled program and each of its lazy DFA caches may grow (a pattern over these limits is
+/// compiled with the default limits for its call alone, as every call did before): at most
+/// about 32 × (256 KiB + 128 KiB per thread) even if expressions match against patterns
+/// taken from the objects they judge.
+const KEPT_PATTERNS: usize = 32;
+const KEPT_PATTERN_LEN: usize = 1024;
+const KEPT_PROGRAM_SIZE: usize = 256 * 1024;
+const KEPT_DFA_SIZE: usize = 128 * 1024;
+
+/// Compiled patterns by their text. Compiling a pattern costs far more than matching it (a
+/// label pattern: some 290 k instructions, against a few hundred to match a label), and a
+/// policy matches the same few patterns on every review.
+static PATTERNS: LazyLock<std::sync::Mutex<HashMap<Box<str>, Arc<regex::Regex>>>> =
+    LazyLock::new(Default::default);
+
+/// `pattern` compiled, from [`PATTERNS`] when it was compiled before.
+fn compiled(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    if pattern.len() > KEPT_PATTERN_LEN {
+        return regex::Regex::new(pattern).map(Arc::new);
+    }
+    let lock = || {
+        PATTERNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(re) = lock().get(pattern) {
+        return Ok(Arc::clone(re));
+    }
+    let kept = regex::RegexBuilder::new(pattern)
+        .size_limit(KEPT_PROGRAM_SIZE)
+        .dfa_size_limit(KEPT_DFA_SIZE)
+        .build();
+    let Ok(re) = kept else {
+        // Too large to keep, or not a pattern: the default limits decide, as before.
+        return regex::Regex::new(pattern).map(Arc::new);
+    };
+    let re = Arc::new(re);
+    let mut kept = lock();
+    if kept.len() >= KEPT_PATTERNS {
+        kept.clear();
+    }
+    kept.insert(pattern.into(), Arc::clone(&re));
+    Ok(re)
+}
+
+/// What `s.matches(re)` and `matches(s, re)` become (see `rewrite` in the `cel` kind): the
+/// standard library's `matches` with the compiled pattern kept ([`compiled`]). Names no
+/// expression can spell.
+pub(crate) const MATCHES: &str = "@gatehouse_matches";
+pub(crate) const MATCHES_FN: &str = "@gatehouse_matches_fn";
+
+/// The standard library's `matches`: the same result, and the same errors (cel-rust's
+/// `string.rs`: a pattern that does not compile, or arguments that are not strings).
+/// `args` are `(s, re)`, or for the member form `(re, s)` (see `rewrite`).
+fn matches<'b, 'v>(args: &[CowVal<'b, 'v>], member: bool) -> R<'b, 'v> {
+    let (si, ri) = if member { (1, 0) } else { (0, 1) };
+    let text = |i: usize| args.get(i).and_then(|a| a.downcast_ref::<CelString>());
+    let (Some(s), Some(re), 2) = (text(si), text(ri), args.len()) else {
+        let types = [si, ri]
+            .iter()
+            .filter_map(|&i| args.get(i))
+            .map(|a| a.get_type().name().to_owned())
+            .collect();
+        return Err(if member {
+            ExecutionError::no_such_member_overload("matches", types)
+        } else {
+            ExecutionError::no_such_overload("matches", types)
+        });
+    };
+    match compiled(re.inner()) {
+        Ok(compiled) => owned(CelBool::from(compiled.is_match(s.inner()))),
+        Err(e) => Err(err(
+            "matches",
+            format!("'{}' not a valid regex:\n{e}", re.inner()),
+        )),
+    }
+}
+
+fn register_matches(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
+    env.add_overload(MATCHES, MATCHES, vec![DYN_TYPE, DYN_TYPE], |args| {
+        matches(&args, true)
+    })?;
+    env.add_overload(MATCHES_FN, MATCHES_FN, vec![DYN_TYPE, DYN_TYPE], |args| {
+        matches(&args, false)
+    })
 }
 
 fn find<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
