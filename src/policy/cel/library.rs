@@ -222,31 +222,21 @@ fn register(env: &mut Env) -> Result<(), ::cel::DeclarationError> {
     )?;
     env.add_overload("quantity", "quantity", vec![STRING_TYPE], quantity)?;
     env.add_overload("isQuantity", "is_quantity", vec![STRING_TYPE], is_quantity)?;
-    for (name, f) in [
-        (
-            "isInteger",
-            q_is_integer as ::cel::common::functions::Function,
-        ),
-        ("asInteger", q_as_integer),
-        ("asApproximateFloat", q_as_float),
-        ("sign", q_sign),
-    ] {
+    for (name, f) in QUANTITY_UNARY {
         env.add_member_overload(name, name, QUANTITY_TYPE, vec![], f)?;
     }
-    for (name, f) in [
-        (
-            "isGreaterThan",
-            q_greater as ::cel::common::functions::Function,
-        ),
-        ("isLessThan", q_less),
-        ("compareTo", q_compare),
-        ("add", q_add),
-        ("sub", q_sub),
-    ] {
+    for (name, f) in QUANTITY_BINARY {
         env.add_member_overload(name, name, QUANTITY_TYPE, vec![QUANTITY_TYPE], f)?;
     }
-    env.add_member_overload("add", "add_int", QUANTITY_TYPE, vec![INT_TYPE], q_add)?;
-    env.add_member_overload("sub", "sub_int", QUANTITY_TYPE, vec![INT_TYPE], q_sub)?;
+    for (name, f) in QUANTITY_WITH_INT {
+        env.add_member_overload(
+            name,
+            &format!("{name}_int"),
+            QUANTITY_TYPE,
+            vec![INT_TYPE],
+            f,
+        )?;
+    }
     env.add_overload("url", "url", vec![STRING_TYPE], url)?;
     env.add_overload("isURL", "is_url", vec![STRING_TYPE], is_url)?;
     for (name, f) in [
@@ -695,6 +685,43 @@ fn q_as_float<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
 fn q_sign<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
     let n = q_arg(&args, 0, "sign")?;
     owned(CelInt::from(n.signum() as i64))
+}
+
+type Function = ::cel::common::functions::Function;
+
+/// The quantity methods, as registered: without an argument, with a quantity, with an int
+/// (after the quantity overload of the same name).
+const QUANTITY_UNARY: [(&str, Function); 4] = [
+    ("isInteger", q_is_integer),
+    ("asInteger", q_as_integer),
+    ("asApproximateFloat", q_as_float),
+    ("sign", q_sign),
+];
+const QUANTITY_BINARY: [(&str, Function); 5] = [
+    ("isGreaterThan", q_greater),
+    ("isLessThan", q_less),
+    ("compareTo", q_compare),
+    ("add", q_add),
+    ("sub", q_sub),
+];
+const QUANTITY_WITH_INT: [(&str, Function); 2] = [("add", q_add), ("sub", q_sub)];
+
+/// The quantity method the interpreter calls for `target.name(args)` (the first registered
+/// overload whose types the values have, as its overload search finds it), for the direct
+/// evaluator; `None` when `target` is not a quantity or no overload takes `args`.
+pub(crate) fn quantity_method(
+    name: &str,
+    target: &dyn Val,
+    args: &[CowVal<'_, '_>],
+) -> Option<Function> {
+    target.downcast_ref::<QuantityVal>()?;
+    let find = |table: &[(&str, Function)]| table.iter().find(|(n, _)| *n == name).map(|(_, f)| *f);
+    match args {
+        [] => find(&QUANTITY_UNARY),
+        [a] if a.downcast_ref::<QuantityVal>().is_some() => find(&QUANTITY_BINARY),
+        [a] if a.downcast_ref::<CelInt>().is_some() => find(&QUANTITY_WITH_INT),
+        _ => None,
+    }
 }
 
 fn q_compare_args(args: &[CowVal<'_, '_>], f: &str) -> Result<Ordering, ExecutionError> {
