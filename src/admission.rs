@@ -514,6 +514,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips the current value of `m`, returning it.
+    #[inline]
     fn skip(&self, m: &mut Members<'a>) -> Result<Raw<'a>, DecodeError> {
         m.skip().map(Raw).map_err(|e| self.syntax(e))
     }

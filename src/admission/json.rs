@@ -606,7 +606,7 @@ pub(crate) struct Key<'a> {
 
 impl<'a> Key<'a> {
     /// Whether the key, escapes resolved, is `name`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn is(&self, name: &str) -> bool {
         if self.escaped {
             unescape(self.raw).is_some_and(|k| k == name)
@@ -735,7 +735,7 @@ impl<'a> Members<'a> {
     }
 
     /// Skips the current key's value (checked), returning its text.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn skip(&mut self) -> Result<&'a str> {
         let start = self.pos;
         let value = value_at(self.text, start, self.depth)?;
