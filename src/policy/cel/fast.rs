@@ -621,19 +621,16 @@ fn method<'b, 'x>(m: &Method, this: &str, args: &[CowVal<'_, '_>]) -> Option<Cow
         (Method::StartsWith, 1) => boolean(this.starts_with(text(0)?)),
         (Method::EndsWith, 1) => boolean(this.ends_with(text(0)?)),
         (Method::Contains, 1) => boolean(this.contains(text(0)?)),
-        (Method::IndexOf, 1) => {
+        (Method::IndexOf | Method::LastIndexOf, 1) => {
             let needle = text(0)?;
-            let at = this
-                .find(needle)
-                .map_or(-1, |b| this[..b].chars().count() as i64);
-            CowVal::owned(CelInt::from(at))
-        }
-        (Method::LastIndexOf, 1) => {
-            let needle = text(0)?;
-            let at = this
-                .rfind(needle)
-                .map_or(-1, |b| this[..b].chars().count() as i64);
-            CowVal::owned(CelInt::from(at))
+            let at = match m {
+                Method::IndexOf => this.find(needle),
+                _ => this.rfind(needle),
+            };
+            // A match of valid text in valid text starts on a character boundary.
+            CowVal::owned(CelInt::from(
+                at.map_or(-1, |b| this[..b].chars().count() as i64),
+            ))
         }
         (Method::Substring, n @ (1 | 2)) => {
             let len = this.chars().count() as i64;
