@@ -232,8 +232,10 @@ fn append_step(
     let accu = c.accu_var.as_str();
     let is_accu = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(n) if n == accu);
     let empty_list = matches!(&c.accu_init.expr, Expr::List(l) if l.elements.is_empty());
-    let constant_cond = matches!(c.loop_cond.expr, Expr::Literal(LiteralValue::Boolean(_)));
-    if !is_accu(&c.result) || !empty_list || !constant_cond {
+    let Expr::Literal(LiteralValue::Boolean(cond)) = &c.loop_cond.expr else {
+        return None;
+    };
+    if !is_accu(&c.result) || !empty_list {
         return None;
     }
     fn appended<'e>(e: &'e IdedExpr, accu: &str) -> Option<&'e Vec<IdedExpr>> {
@@ -265,7 +267,7 @@ fn append_step(
         _ => (None, appended(&c.loop_step, accu)?),
     };
     // A constant `false` condition stops before the first item: not worth a plan.
-    if matches!(c.loop_cond.expr, Expr::Literal(LiteralValue::Boolean(ref b)) if !*b.inner()) {
+    if !*cond.inner() {
         return Some(None);
     }
     let Some(range) = plan(&c.iter_range, bound) else {
@@ -390,8 +392,7 @@ fn as_str<'a>(v: &'a CowVal<'_, '_>) -> Option<&'a str> {
 }
 
 fn is_optional(v: &dyn Val) -> bool {
-    v.downcast_ref::<::cel::common::types::CelOptional>()
-        .is_some()
+    v.downcast_ref::<CelOptional>().is_some()
 }
 
 fn boolean<'b, 'v>(b: bool) -> CowVal<'b, 'v> {
@@ -840,14 +841,10 @@ mod tests {
         fn int(&mut self, d: usize, c: bool) -> String {
             let leaf = self.pick(&["0", "1", "3", "-1", "object.spec.replicas"]);
             match if d == 0 { 0 } else { self.next(6) } {
-                1 => format!(
-                    "{}.indexOf({})",
+                k @ (1 | 2) => format!(
+                    "{}.{}({})",
                     self.string(d - 1, c),
-                    self.string(d - 1, c)
-                ),
-                2 => format!(
-                    "{}.lastIndexOf({})",
-                    self.string(d - 1, c),
+                    ["indexOf", "lastIndexOf"][k - 1],
                     self.string(d - 1, c)
                 ),
                 3 => format!("size({})", self.list()),
@@ -879,14 +876,10 @@ mod tests {
                     self.string(d - 1, c)
                 ),
                 2 => format!("!({})", self.boolean(d - 1, c)),
-                3 => format!(
-                    "({}) && ({})",
+                k @ (3 | 4) => format!(
+                    "({}) {} ({})",
                     self.boolean(d - 1, c),
-                    self.boolean(d - 1, c)
-                ),
-                4 => format!(
-                    "({}) || ({})",
-                    self.boolean(d - 1, c),
+                    ["&&", "||"][k - 3],
                     self.boolean(d - 1, c)
                 ),
                 5 => format!(
